@@ -1,0 +1,63 @@
+"""What every backend shares: building the data, model and optimizer from the config,
+one minibatch's gradient, the epoch plan, and held-out evaluation."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..data import Dataset, Deduper, Rows, load_dataset
+from ..metrics import evaluate
+from ..models import make_model
+from ..optim import make_optimizer
+from ..schedule import block_order, deal, lane_batch_size
+
+
+@dataclass
+class Setup:
+    cfg: object
+    data: Dataset
+    model: object
+    opt: object
+    dedupe: Deduper
+
+    @staticmethod
+    def build(cfg) -> "Setup":
+        data = load_dataset(cfg.data)
+        return Setup(cfg, data, make_model(cfg.model), make_optimizer(cfg.optim), Deduper(data.hash_bits))
+
+    def lanes(self, epoch: int, n_lanes: int) -> list[list[int]]:
+        t = self.cfg.train
+        return deal(block_order(self.data.n_blocks, epoch, int(t.seed), bool(t.shuffle)), n_lanes)
+
+    def lane_batch(self, n_lanes: int) -> int:
+        return lane_batch_size(int(self.cfg.train.batch_size), n_lanes)
+
+    def steps_per_epoch(self, n_lanes: int) -> int:
+        """Steps an epoch takes when its blocks are dealt over n_lanes (block sizes are
+        known to every rank, so all agree without talking)."""
+        b = self.lane_batch(n_lanes)
+        lanes = self.lanes(0, n_lanes)
+        return max(-(-sum(self.data.block_len(x) for x in lane) // b) for lane in lanes)
+
+    def gradient(self, rows: Rows, fetch):
+        """(unique keys, summed loss, summed gradient rows) of a batch; fetch(keys) gives
+        the current parameter rows."""
+        batch = self.dedupe(rows)
+        loss, grad = self.model.loss_grad(batch, fetch(batch.uniq))
+        return batch.uniq, loss, grad
+
+    def evaluate(self, fetch) -> dict:
+        return evaluate(self.model, self.data.test, fetch, self.data.hash_bits)
+
+
+def table_fetch(table):
+    return table.gather
+
+
+def save_model(path, keys: np.ndarray, W: np.ndarray) -> None:
+    import os
+    order = np.argsort(keys, kind="stable")
+    tmp = f"{path}.{os.getpid()}.tmp.npz"
+    np.savez(tmp, keys=keys[order], W=W[order])
+    os.replace(tmp, path)

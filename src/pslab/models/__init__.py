@@ -1,0 +1,93 @@
+"""Models: LR and FM behind one interface, backend-agnostic.
+
+A model sees a `Batch` re-indexed to its unique keys and the parameter rows for those
+keys (shape u x dim), and returns the summed data log-loss and gradient rows for the same
+keys. L2 and the step are the optimizer's business, so that summing per-rank gradients
+(allreduce) or per-worker pushes (PS) is the same algorithm as one big batch.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import expit
+
+from ..data.hashing import uniform01
+from ..data.rows import Batch
+
+
+def logloss_terms(margin: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-row log-loss from the margin, stable for large |margin|."""
+    return np.logaddexp(0.0, margin) - y * margin
+
+
+class LR:
+    name = "lr"
+    dim = 1
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def init_rows(self, keys: np.ndarray, dtype=np.float32) -> np.ndarray:
+        return np.zeros((len(keys), 1), dtype)
+
+    def margin(self, batch: Batch, params: np.ndarray, X=None) -> np.ndarray:
+        X = batch.csr() if X is None else X
+        return X @ params[:, 0]
+
+    def loss_grad(self, batch: Batch, params: np.ndarray):
+        X = batch.csr()
+        m = X @ params[:, 0]
+        r = (expit(m) - batch.y).astype(params.dtype)
+        grad = (X.T @ r).astype(params.dtype, copy=False).reshape(-1, 1)
+        return float(logloss_terms(m, batch.y).sum()), grad
+
+
+class FM:
+    """Second-order factorization machine (Rendle 2010): row = [w, v_1..v_k]."""
+    name = "fm"
+
+    def __init__(self, k: int = 8, init_std: float = 0.01, seed: int = 0):
+        if int(k) <= 0:
+            raise ValueError(f"model.k={k}: must be a positive integer")
+        self.k = int(k)
+        self.dim = 1 + self.k
+        self.init_std = float(init_std)
+        self.seed = int(seed)
+
+    def init_rows(self, keys: np.ndarray, dtype=np.float32) -> np.ndarray:
+        """Deterministic per key, so every backend starts from the same model."""
+        keys = np.asarray(keys, np.uint64)
+        out = np.zeros((len(keys), self.dim), dtype)
+        a = self.init_std * np.sqrt(3.0)  # uniform(-a, a) has std init_std
+        for j in range(self.k):
+            out[:, 1 + j] = (2 * uniform01(keys, self.seed * 1000 + j) - 1) * a
+        return out
+
+    def _parts(self, X, X2, params):
+        w, V = params[:, 0], params[:, 1:]
+        XV = X @ V
+        m = X @ w + 0.5 * ((XV * XV).sum(1) - (X2 @ (V * V)).sum(1))
+        return m, XV
+
+    def margin(self, batch: Batch, params: np.ndarray, X=None) -> np.ndarray:
+        X = batch.csr() if X is None else X
+        return self._parts(X, X.multiply(X).tocsr(), params)[0]
+
+    def loss_grad(self, batch: Batch, params: np.ndarray):
+        X = batch.csr()
+        X2 = X.multiply(X).tocsr()
+        m, XV = self._parts(X, X2, params)
+        r = (expit(m) - batch.y).astype(params.dtype)
+        XT = X.T.tocsr()
+        grad = np.empty_like(params)
+        grad[:, 0] = XT @ r
+        grad[:, 1:] = XT @ (r[:, None] * XV) - (X2.T @ r)[:, None] * params[:, 1:]
+        return float(logloss_terms(m, batch.y).sum()), grad
+
+
+def make_model(cfg):
+    name = cfg.name
+    if name == "lr":
+        return LR(seed=int(cfg.get("seed", 0)))
+    if name == "fm":
+        return FM(k=int(cfg.k), init_std=float(cfg.get("init_std", 0.01)), seed=int(cfg.get("seed", 0)))
+    raise ValueError(f"model={name!r}: unknown model (choose lr or fm)")
