@@ -85,20 +85,21 @@ class Deduper:
     Unique keys come out in order of first appearance in the lookup-table path."""
 
     def __init__(self, hash_bits: int | None):
-        self.table = np.empty(1 << int(hash_bits), np.int64) if hash_bits is not None else None
+        self.table = np.empty(1 << int(hash_bits), np.int32) if hash_bits is not None else None
 
     def __call__(self, rows: Rows) -> Batch:
         keys = rows.keys
-        if self.table is None or len(keys) == 0:
+        if self.table is None or len(keys) == 0 or len(keys) >= 2**31:
             uniq, inv = np.unique(keys, return_inverse=True)
             return Batch(uniq, rows.indptr, inv.astype(np.int32), rows.vals, rows.y)
-        pos = np.arange(len(keys), dtype=np.int64)
-        t = self.table
-        t[keys[::-1]] = pos[::-1]  # the last write wins, so each key maps to its first position
-        first = t[keys]
+        # np.take/np.put skip the bounds checks of fancy indexing (keys < 2^b by folding).
+        ki = keys.view(np.int64)
+        pos = np.arange(len(keys), dtype=np.int32)
+        np.put(self.table, ki[::-1], pos[::-1], mode="wrap")  # the last write wins: first position
+        first = np.take(self.table, ki, mode="wrap")
         is_first = first == pos
-        rank = np.cumsum(is_first) - 1
-        return Batch(keys[is_first], rows.indptr, rank[first].astype(np.int32), rows.vals, rows.y)
+        rank = np.cumsum(is_first, dtype=np.int32) - 1
+        return Batch(keys[is_first], rows.indptr, np.take(rank, first), rows.vals, rows.y)
 
 
 def as_csr(rows: Rows, n_features: int) -> sp.csr_matrix:
