@@ -23,7 +23,7 @@ Step time. A worker's step time is a distribution (lognormal, or empirical from
 measurements), optionally with one straggler slower by `straggler_factor`. What one
 global step costs depends on the consistency model:
 - BSP waits for the slowest worker: the expected maximum of N step times, computed by
-  integrating the distribution of the maximum, so N = 10,000 costs no more than N = 2.
+  integrating the distribution of the maximum (as cheap for N = 10,000 as for N = 2).
 - ASP never waits: the job moves at the workers' total throughput, i.e. the harmonic
   mean of their mean step times.
 - SSP(s) is approximated by a bounded lag: a worker may run s steps ahead, so the
@@ -32,9 +32,13 @@ global step costs depends on the consistency model:
   distribution moment-matched by a lognormal, Fenton-Wilkinson). s = 0 is BSP; a large s
   averages transient noise away but still waits for a *persistent* straggler.
 Staleness costs convergence: reaching the target takes steps * (1 + c * staleness), with
-c (`staleness_cost`) fitted from measured runs. The staleness used is the delay bound
-that actually binds: s for SSP(s), capped by the lag ASP reaches on its own (how many
-global steps pass during the slowest worker's step), which is also ASP's staleness.
+c (`staleness_cost`) fitted from measured runs. For SSP(s) the staleness is s: worker
+clocks drift apart like random walks, so over a long job the fast workers do reach the
+bound. ASP has no bound; its staleness defaults to the delay, in global steps, of the
+slowest worker's gradient (expected slowest step time / mean global step time: 1 without
+noise, about the straggler factor with a straggler) and can be set with `asp_staleness`.
+Under that default ASP is the optimistic end of the range; SSP shows the interior
+optimum of the OSDI'14 delay sweep (per-step time falls with s, steps grow with s).
 
 Over many steps the total compute time is a sum of per-step times, drawn here from a
 gamma distribution with the exact mean and variance (positive, and normal by the CLT
@@ -140,6 +144,9 @@ def _window_mean_dist(step: StepTime, window: int):
 
 @dataclass(frozen=True)
 class Job:
+    """One training job: who runs it, how long a step takes, how ranks fail, and what a
+    failure costs on its backend (see the module docstring). Times are in seconds."""
+
     backend: str                      # "allreduce" | "elastic" | "ps"
     workers: int
     steps: int                        # steps to the target loss under BSP
@@ -150,6 +157,7 @@ class Job:
     consistency: str = "bsp"
     staleness: int = 0                # SSP bound s
     staleness_cost: float = 0.0       # c in steps * (1 + c * staleness)
+    asp_staleness: float | None = None  # ASP's effective staleness; None: slowest-step lag
     straggler_factor: float = 1.0     # one worker this many times slower
     # allreduce
     restarts: int = 0
@@ -222,8 +230,11 @@ class Job:
     def effective_staleness(self) -> float:
         if self.consistency == "bsp":
             return 0.0
-        asp_lag = self._bsp_moments()[0] / self._asp_step_mean()
-        return asp_lag if self.consistency == "asp" else min(float(self.staleness), asp_lag)
+        if self.consistency == "ssp":
+            return float(self.staleness)
+        if self.asp_staleness is not None:
+            return float(self.asp_staleness)
+        return self._bsp_moments()[0] / self._asp_step_mean()
 
     def steps_needed(self) -> int:
         return int(np.ceil(self.steps * (1.0 + self.staleness_cost * self.effective_staleness())))
@@ -263,6 +274,8 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tu
 
 @dataclass(frozen=True)
 class SimResult:
+    """Outcome of `simulate`: success rate with its Wilson interval, and wall times."""
+
     trials: int
     successes: int
     success_rate: float
@@ -274,6 +287,7 @@ class SimResult:
     failures_mean: float                     # rank failures per run (all runs)
     wall_s: np.ndarray = field(repr=False)   # every trial; failed: the time it died
     succeeded: np.ndarray = field(repr=False)
+    failures: np.ndarray = field(repr=False)  # rank failures in every trial
 
 
 def _summarize(wall, ok, failures) -> SimResult:
@@ -284,7 +298,7 @@ def _summarize(wall, ok, failures) -> SimResult:
     # renewal-reward: E[total time until the first success] = E[wall of any run] / p
     resubmit = float(wall.mean() / (k / n)) if k else float("inf")
     return SimResult(n, k, k / n, wilson_interval(k, n), mean, quant, mean, resubmit,
-                     float(failures.mean()), wall, ok)
+                     float(failures.mean()), wall, ok, failures)
 
 
 # ---------------------------------------------------------------------------------------
@@ -446,15 +460,21 @@ def _run_shrinking(job: Job, compute, rng):
 
 
 def _expect_over_compute(job: Job, g) -> float:
-    """E[g(T)] with T = overhead + total compute time, restricted to T <= deadline."""
+    """E[g(T); T <= deadline] with T = overhead + total compute time, g vectorised.
+
+    Integrated over the quantile u of the compute time, g(overhead + ppf(u)) for u up to
+    F(deadline - overhead), by Gauss-Legendre: exact for the point mass, and unlike
+    quadrature in seconds it cannot miss the narrow peak of a long job's compute time."""
     dist = job.compute_distribution()
     upper = np.inf if job.deadline_s is None else job.deadline_s - job.overhead_s
-    if upper < 0:
-        return 0.0
     if dist is None:
         c = job.steps_needed() * job.step_moments()[0]
-        return float(g(job.overhead_s + c)) if c <= upper else 0.0
-    return float(dist.expect(lambda c: g(job.overhead_s + c), lb=0.0, ub=upper))
+        return float(g(np.array([job.overhead_s + c]))[0]) if c <= upper else 0.0
+    u_max = float(dist.cdf(upper)) if np.isfinite(upper) else 1.0
+    if u_max <= 0:
+        return 0.0
+    value, _ = integrate.fixed_quad(lambda u: g(job.overhead_s + dist.ppf(u)), 0.0, u_max, n=256)
+    return float(value)
 
 
 def success_probability(job: Job) -> float:
@@ -467,7 +487,7 @@ def success_probability(job: Job) -> float:
         raise NotImplementedError("restarts with checkpoints or a deadline have no closed "
                                   "form: use simulate()")
     if job.hazard is None:
-        return _expect_over_compute(job, lambda t: 1.0)
+        return _expect_over_compute(job, np.ones_like)
     attempts = job.restarts + 1
 
     def p(t):
@@ -488,15 +508,14 @@ def success_upper_bound(job: Job) -> float:
     if job.backend == "allreduce":
         return success_probability(job)
     if job.hazard is None:
-        return _expect_over_compute(job, lambda t: 1.0)
+        return _expect_over_compute(job, np.ones_like)
     hz = job.hazard
     n_w = job.workers if job.backend == "ps" else job.workers - 1
     may_lose = job.workers - job.min_workers
     server_fatal = job.backend == "ps" and job.replication == 1 and not job.checkpoint_interval_s
 
     def p(t):
-        q = float(hz.cdf(t))
-        out = float(hz.survival(t)) * stats.binom.cdf(may_lose, n_w, q)
+        out = hz.survival(t) * stats.binom.cdf(may_lose, n_w, hz.cdf(t))
         if server_fatal:
             out *= np.exp(-job.servers * hz.cumulative_hazard(t))
         return out
