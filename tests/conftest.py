@@ -15,6 +15,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config):
+    # Parsed-data cache for this session only (ranks started by the launcher inherit it).
+    if "PSLAB_CACHE" not in os.environ:
+        import tempfile
+        os.environ["PSLAB_CACHE"] = tempfile.mkdtemp(prefix="pslab-test-cache-")
+
+
 class Run:
     def __init__(self, run_dir: Path, proc: subprocess.CompletedProcess):
         self.dir = run_dir

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.special import expit
-from sklearn.metrics import log_loss, roc_auc_score
 
 from .data import Deduper, Rows
 
 
 def scores(y: np.ndarray, p: np.ndarray) -> dict:
+    # Imported here: scikit-learn takes seconds to import and only the evaluating rank needs it.
+    from sklearn.metrics import log_loss, roc_auc_score
+
     p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
     out = {"logloss": float(log_loss(y, p, labels=[0, 1])), "accuracy": float(((p > 0.5) == (y > 0.5)).mean())}
     out["auc"] = float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else None

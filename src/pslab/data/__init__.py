@@ -6,6 +6,9 @@ set is held out (a second file, or the last fraction of the rows in file order).
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -84,6 +87,38 @@ def _read(cfg, path: Path) -> Rows:
     raise DataError(f"data.format={kind!r}: unknown (criteo, libsvm, csv, synthetic)")
 
 
+def cache_dir() -> Path:
+    return Path(os.environ.get("PSLAB_CACHE", Path.home() / ".cache" / "pslab"))
+
+
+def _read_cached(cfg, path: Path) -> Rows:
+    """Parsed files are cached as .npz keyed by the file (path, size, mtime) and every
+    setting that changes the parse, so the ranks of later runs skip the text parsing.
+    Written to a temporary name and renamed: ranks racing to fill it are harmless."""
+    st = path.stat()
+    ident = {"path": str(path.resolve()), "size": st.st_size, "mtime": st.st_mtime_ns, "v": 1,
+             **{k: (list(v) if hasattr(v, "__len__") and not isinstance(v, str) else v)
+                for k, v in cfg.items() if k in ("format", "hash_seed", "zero_based", "label", "categorical",
+                                                 "numeric", "sep")}}
+    key = hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    cached = cache_dir() / f"{path.name}.{key}.npz"
+    if cached.exists():
+        try:
+            z = np.load(cached)
+            return Rows(z["indptr"], z["keys"], z["vals"], z["y"])
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache entry: parse again
+    rows = _read(cfg, path)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, indptr=rows.indptr, keys=rows.keys, vals=rows.vals, y=rows.y)
+        os.replace(tmp, cached)
+    except OSError:
+        pass  # a read-only home is no reason to fail the run
+    return rows
+
+
 def _path(p) -> Path:
     p = str(p)
     return shipped(p[len("shipped:"):]) if p.startswith("shipped:") else resolve(p)
@@ -105,9 +140,10 @@ def load_dataset(cfg) -> Dataset:
         test = test.slice(0, min(len(test), int(cfg.test_rows)))
         return Dataset(lambda b: make_block(b, **args), n_blocks, n_blocks * block_rows, test,
                        hash_bits, block_rows)
-    rows = _read(cfg, _path(cfg.path))
+    read = _read_cached if cfg.get("cache", True) else _read
+    rows = read(cfg, _path(cfg.path))
     if cfg.get("test_path"):
-        train, test = rows, _read(cfg, _path(cfg.test_path))
+        train, test = rows, read(cfg, _path(cfg.test_path))
     elif cfg.get("test_fraction"):
         train, test = _split(rows, cfg.test_fraction, "data.test_fraction")
     else:

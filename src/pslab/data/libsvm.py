@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from sklearn.datasets import load_svmlight_file
 
 from .files import DataError, open_binary, open_text
 from .rows import Rows
@@ -42,6 +41,8 @@ def _find_bad_line(path: Path, zero_based: bool) -> str:
 
 
 def read_libsvm(path: Path, zero_based: bool = False) -> Rows:
+    from sklearn.datasets import load_svmlight_file  # slow to import; only this reader needs it
+
     try:
         with open_binary(path) as f:
             X, y = load_svmlight_file(f, zero_based=bool(zero_based), dtype=np.float32)
