@@ -1,0 +1,119 @@
+"""backend=ps: a parameter server over MPI point-to-point messages.
+
+    python -m pslab.launch -n 6 backend=ps backend.servers=2 backend.consistency=ssp backend.staleness=2
+
+Rank 0 is the coordinator, ranks 1..S the servers, the rest the workers. Modules, one job
+each (after ps-lite's split of transport / request tracking / retries):
+    protocol     the wire format, codecs, key caches, chunking
+    van          the transport over MPI (non-blocking, deadlines, byte accounting)
+    hashring     consistent hashing: key -> server, replicas
+    membership   the rank layout and the live membership (data the coordinator changes)
+    client       pull / push / wait(ts) with timeouts
+    consistency  BSP / SSP / ASP clock rules and the staleness served
+    server       the key-value store and the optimizer
+    worker       the training loop on a lane of blocks
+    coordinator  plan, clocks, evaluation, checkpoints, termination
+    checkpoint   atomic shards and manifests, restore
+"""
+from __future__ import annotations
+
+import time
+
+from mpi4py import MPI
+
+from . import protocol as P
+from .membership import Layout, Membership
+
+__all__ = ["run", "role_of"]
+
+
+def role_of(cfg, rank: int, size: int) -> tuple[str, int]:
+    return Layout(size, int(cfg.backend.servers)).role_of(rank)
+
+
+def make_van(cfg, comm, rec):
+    from .van import Van
+
+    bc, c = cfg.backend, cfg.backend.compression
+    return Van(comm, rec, fp16=bool(c.fp16), delta_keys=bool(c.delta_keys), key_cache=bool(c.key_cache),
+               kkt_filter=bool(c.kkt_filter), chunk_bytes=int(bc.chunk_bytes),
+               spin_s=float(bc.get("poll_spin_s", 1e-3)), max_sleep_s=float(bc.poll_sleep_max_s))
+
+
+def run(cfg, comm, rec, make_injector):
+    layout = Layout(comm.Get_size(), int(cfg.backend.servers))
+    layout.check()
+    # A private communicator: our tag space, and errors returned instead of aborting,
+    # so a dead peer is an exception the roles can handle (failover), not the end.
+    comm = comm.Dup()
+    comm.Set_errhandler(MPI.ERRORS_RETURN)
+    deadline = time.time() + float(cfg.run.deadline_s)
+    role, index = layout.role_of(comm.Get_rank())
+    van = make_van(cfg, comm, rec)
+    roles = {"worker": layout.workers, "server": layout.servers, "coordinator": 1, "rank": layout.size}
+    try:
+        if role == "coordinator":
+            return _coordinator(cfg, layout, van, rec, make_injector, roles, deadline)
+        start = _wait_start(van, rec, float(cfg.backend.idle_timeout_s), deadline)
+        injector = make_injector(roles, int(start["planned"]))
+        membership = Membership.from_meta(start["membership"])
+        if role == "server":
+            from . import checkpoint as ckpt
+            from .server import Server
+
+            restore = ckpt.read_manifest(start["resume_from"]) if start.get("resume_from") else None
+            Server(cfg, index, layout, van, rec, injector, int(start["start_clock"]), restore, membership).serve(
+                float(cfg.backend.idle_timeout_s), deadline, early=start["_early"])
+        else:
+            from .worker import Worker
+
+            w = Worker(cfg, index, layout, _setup(cfg, rec), van, rec, injector, membership)
+            w.client.inbox.extend(start.get("_early", []))
+            w.run(deadline)
+        return None
+    finally:
+        van.flush(2.0)
+
+
+def _setup(cfg, rec):
+    from ..common import Setup
+
+    with rec.acct.timed("setup"):
+        return Setup.build(cfg)  # data, model, optimizer: the same code as every backend
+
+
+def _wait_start(van, rec, idle_timeout: float, deadline: float) -> dict:
+    """Servers and workers wait for the coordinator's `start` (planned clocks, resume point)."""
+    limit = min(deadline, time.time() + idle_timeout)
+    start, later = None, []
+    while time.time() < limit:
+        for m in van.recv(0.5):
+            if start is None and m.cmd == P.CTRL and (m.meta or {}).get("op") == "start":
+                start = m.meta
+            elif m.cmd == P.PEER_FAILED and m.src == 0:
+                raise SystemExit("the coordinator (rank 0) died before the start")
+            else:
+                later.append(m)  # what came with it (an assignment) is the role's to handle
+        if start is not None:
+            return {**start, "_early": later}
+    raise TimeoutError(f"no start message from the coordinator within {idle_timeout:g} s")
+
+
+def _coordinator(cfg, layout, van, rec, make_injector, roles, deadline) -> dict:
+    from . import checkpoint as ckpt
+    from .coordinator import Coordinator, Plan
+
+    s = _setup(cfg, rec)
+    plan = Plan(s, layout.workers, int(cfg.train.epochs))
+    start_clock, resume = 0, cfg.backend.get("resume_from")
+    if resume:
+        info = ckpt.read_manifest(resume)
+        start_clock = int(info["clock"])
+        resume = str(info["dir"])
+        rec.event("resume", clock=start_clock, manifest=resume)
+    injector = make_injector(roles, plan.total)
+    coord = Coordinator(cfg, layout, s, van, rec, injector, plan, start_clock, resume)
+    for r in range(1, layout.size):
+        van.send(r, P.Msg(P.CTRL, meta={"op": "start", "planned": plan.total, "start_clock": start_clock,
+                                        "resume_from": resume, "membership": coord.membership.to_meta()}))
+    return coord.run(deadline)

@@ -1,0 +1,328 @@
+"""Parameter-server parts without MPI: routing, codecs, clock rules, checkpoints, and the
+real server's storage and update code against a 20-line reference server (the oracle)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pslab.backends.ps import checkpoint as ckpt
+from pslab.backends.ps import protocol as P
+from pslab.backends.ps.consistency import Clocks
+from pslab.backends.ps.hashring import HashRing, group_by_server
+from pslab.backends.ps.membership import Layout
+from pslab.config import load_config
+from pslab.models import make_model
+from pslab.observe import Recorder
+from pslab.optim import make_optimizer
+
+RNG = np.random.default_rng(0)
+KEYS64 = RNG.integers(0, 2**64 - 2, 200_000, dtype=np.uint64)
+KEYS_FOLDED = np.arange(1 << 18, dtype=np.uint64)
+
+
+# ---------------------------------------------------------------- hash ring
+
+@pytest.mark.parametrize("servers", [2, 3, 4, 8])
+@pytest.mark.parametrize("keys", [KEYS64, KEYS_FOLDED], ids=["64bit", "folded"])
+def test_ring_spreads_keys_within_10_percent(servers, keys):
+    ring = HashRing(range(servers), virtual_nodes=1024)
+    counts = np.bincount(ring.route(keys), minlength=servers)
+    assert np.abs(counts / counts.mean() - 1).max() <= 0.10, counts
+
+
+def test_removing_a_server_moves_only_its_keys_to_its_replica():
+    ring = HashRing(range(5), virtual_nodes=256, replication=3)
+    before = ring.route(KEYS64)
+    rep = ring.replicas(KEYS64)
+    assert (rep[:, 0] == before).all()
+    assert all(len(set(r)) == 3 for r in rep[:1000].tolist())  # distinct servers
+    after = ring.without(2).route(KEYS64)
+    moved = before != after
+    assert moved.any() and (before[moved] == 2).all()
+    assert (before[before == 2] != after[before == 2]).all()
+    assert (after[moved] == rep[moved, 1]).all()  # the first replica inherits
+
+
+def test_adding_a_server_takes_keys_only_for_itself():
+    before = HashRing(range(4), 256).route(KEYS64)
+    after = HashRing(range(5), 256).route(KEYS64)
+    moved = before != after
+    assert (after[moved] == 4).all()
+    assert 0.1 < moved.mean() < 0.3
+
+
+def test_group_by_server_is_a_partition():
+    owner = HashRing(range(3), 64).route(KEYS64[:1000])
+    g = group_by_server(owner, [0, 1, 2])
+    allpos = np.sort(np.concatenate(list(g.values())))
+    assert (allpos == np.arange(1000)).all()
+    for s, pos in g.items():
+        assert (owner[pos] == s).all()
+
+
+# ---------------------------------------------------------------- codecs
+
+def test_varint_known_values():
+    assert P.varint_encode(np.array([1, 127, 128, 300], np.uint64)).tolist() == [1, 127, 0x80, 1, 0xAC, 2]
+    big = np.array([0, 2**63, 2**64 - 1], np.uint64)
+    assert (P.varint_decode(P.varint_encode(big), 3) == big).all()
+
+
+@pytest.mark.parametrize("keys", [
+    np.sort(RNG.choice(1 << 18, 5000, replace=False)).astype(np.uint64),   # dense: uint32 or varint gaps
+    np.sort(RNG.choice(1 << 40, 5000, replace=False)).astype(np.uint64),   # sparse: varint gaps
+    np.unique(KEYS64[:5000]),                                              # 64-bit: raw wins
+    np.array([0, 2**64 - 2], np.uint64), np.array([7], np.uint64), np.zeros(0, np.uint64)])
+def test_key_codecs_round_trip(keys):
+    for delta in (False, True):
+        codec, b = P.encode_keys(keys, delta)
+        assert (P.decode_keys(codec, b, len(keys)) == keys).all()
+        assert len(b) <= 8 * len(keys)
+
+
+def test_delta_keys_compress_folded_keys():
+    keys = np.sort(RNG.choice(1 << 18, 10_000, replace=False)).astype(np.uint64)
+    codec, b = P.encode_keys(keys, True)
+    assert codec in (P.K_DELTA32, P.K_VARINT) and len(b) < 0.3 * 8 * len(keys)
+
+
+def test_message_round_trip_with_every_switch_and_pieces():
+    send, recv = P.SendCache(), P.RecvCache()
+    keys = np.sort(RNG.choice(1 << 20, 3000, replace=False)).astype(np.uint64)
+    vals = RNG.standard_normal((3000, 9)).astype(np.float32)
+    pull = P.Msg(P.PULL, req=5, clock=3, keys=keys, gen=2)
+    bufs, sz = P.encode(pull, delta=True, cache=send)
+    assert len(bufs) == 1  # small: header and payload in one message
+    m = P.decode_buffers(bufs, 4, recv)
+    assert (m.cmd, m.req, m.clock, m.gen, m.src) == (P.PULL, 5, 3, 2, 4) and (m.keys == keys).all()
+    assert sz.wire < sz.raw
+    keep = RNG.random(3000) < 0.5
+    push = P.Msg(P.PUSH, req=6, clock=3, keys=keys, vals=vals, rows=77, keep=keep)
+    bufs, sz = P.encode(push, fp16=True, delta=True, cache=send, chunk_bytes=4096, inline_max=1000)
+    assert len(bufs) > 3 and len(bufs[0]) == P.HEADER_BYTES and all(len(b) <= 4096 for b in bufs)
+    assert sum(len(b) for b in bufs) == sz.wire
+    m = P.decode_buffers(bufs, 4, recv)
+    assert m.rows == 77 and (m.keys == keys[keep]).all()
+    np.testing.assert_allclose(m.vals, vals[keep], rtol=1e-3, atol=1e-4)  # fp16
+    for switch in ("fp16", "key_cache", "kkt_filter"):
+        assert sz.without[switch] > sz.wire, switch
+    assert P.piece_bounds(10, 0, 5, 4) == [(0, 4), (4, 8), (8, 10), (10, 14), (14, 15)]
+    big = P.Msg(P.PULL_REPLY, vals=np.array([[1e6], [2.0]], np.float32))  # beyond float16's range
+    assert P.decode_buffers(P.encode(big, fp16=True)[0], 0).vals[0, 0] == 1e6
+    ctrl = P.Msg(P.CTRL, meta={"op": "assign", "blocks": [3, 1]})
+    assert P.decode_buffers(P.encode(ctrl)[0], 0).meta == ctrl.meta
+
+
+def test_key_caches_evict_in_step():
+    send, recv = P.SendCache(slots=2), P.RecvCache(slots=2)
+    lists = [np.arange(i, i + 10, dtype=np.uint64) for i in range(4)]
+    for k in lists:
+        P.decode_buffers(P.encode(P.Msg(P.PULL, keys=k), cache=send)[0], 1, recv)
+    # the two newest are cached on both ends, the older ones on neither
+    assert [send.find(k)[0] is not None for k in lists] == [False, False, True, True]
+    assert sorted(recv.by_src[1]) == [2, 3]
+    for k in lists[::-1]:  # newest first: hits, then misses that store again
+        bufs = P.encode(P.Msg(P.PUSH, keys=k, vals=np.ones((10, 1), np.float32)), cache=send)[0]
+        assert (P.decode_buffers(bufs, 1, recv).keys == k).all()
+    codecs = []
+    for k in lists[::-1]:
+        bufs = P.encode(P.Msg(P.PUSH, keys=k, vals=np.ones((10, 1), np.float32)), cache=send)[0]
+        codecs.append(int(P.header_of(bufs[0])[P.H_KCODEC]) & 15)
+        assert (P.decode_buffers(bufs, 1, recv).keys == k).all()
+    assert codecs[:1] == [P.K_RAW]  # list 3 was pushed out by 1 and 0
+
+
+# ---------------------------------------------------------------- clock rules
+
+def test_bsp_ssp_asp_rules():
+    bsp = Clocks("bsp", 5, [0, 1])
+    assert bsp.s == 0 and bsp.ready(0) and not bsp.ready(1)
+    bsp.applied = 1
+    assert bsp.ready(1) and not bsp.ready(2)
+    ssp = Clocks("ssp", 2, [0, 1])
+    for c in range(4):
+        ssp.on_push(0, c)
+    assert ssp.min_clock() == 0 and ssp.ready(2) and not ssp.ready(3)
+    ssp.on_push(1, 0)
+    assert ssp.ready(3) and ssp.served(0, 3, 0.0) == 2
+    ssp.set_workers([0])  # failover drops worker 1: nobody waits for it any more
+    assert ssp.ready(6) and not ssp.ready(7)
+    with pytest.raises(ValueError):
+        ssp.on_push(0, 9)  # a lost push is an error, not a silent gap
+    asp = Clocks("asp", 0, [0, 1])
+    assert asp.ready(100)
+    assert ssp.records()["staleness"].tolist() == [2]
+    assert Clocks("ssp", 1, [0]).ready(-1)  # snapshots are never held
+
+
+def test_layout_roles():
+    lay = Layout(6, 2)
+    assert [lay.role_of(r) for r in range(6)] == [("coordinator", 0), ("server", 0), ("server", 1),
+                                                  ("worker", 0), ("worker", 1), ("worker", 2)]
+    assert lay.worker_rank(1) == 4 and lay.server_rank(1) == 2
+    with pytest.raises(SystemExit):
+        Layout(3, 2).check()
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def test_checkpoint_atomic_and_restore_by_ownership(tmp_path):
+    root = tmp_path / "run" / "checkpoints"
+    keys = np.arange(100, dtype=np.uint64)
+    W, S = RNG.standard_normal((100, 2)).astype(np.float32), RNG.random((100, 4)).astype(np.float32)
+    ring = HashRing([0, 1], 64)
+    own = ring.route(keys)
+    for s in (0, 1):
+        ckpt.write_shard(root, 8, s, keys[own == s], W[own == s], S[own == s])
+    with pytest.raises(FileNotFoundError):
+        ckpt.write_manifest(root, 8, {"shards": ["server-0.npz", "server-9.npz"]})
+    ckpt.write_manifest(root, 8, {"shards": ["server-0.npz", "server-1.npz"]})
+    assert not list(root.rglob(".*tmp*"))
+    info = ckpt.read_manifest(tmp_path / "run")  # a run dir finds its newest manifest
+    assert info["clock"] == 8
+    k, w, s = ckpt.load_rows(info)
+    o = np.argsort(k)
+    assert (k[o] == keys).all() and (w[o] == W).all() and (s[o] == S).all()
+    # one server taking everything (resume with S=1, or a successor after a failure)
+    k1, _, _ = ckpt.load_rows(info, keep=lambda k: HashRing([0], 64).route(k) == 0)
+    assert len(k1) == 100
+
+
+# ---------------------------------------------------------------- the server against an oracle
+
+class RefServer:
+    """The oracle: a dict key -> (row, state), one optimizer step per key."""
+
+    def __init__(self, model, opt):
+        self.model, self.opt, self.rows = model, opt, {}
+
+    def pull(self, keys):
+        return np.array([self.rows[k][0] if k in self.rows else self.model.init_rows(np.array([k], np.uint64))[0]
+                         for k in keys.tolist()], np.float32).reshape(len(keys), -1)
+
+    def push(self, pushes):
+        """pushes: [(keys, summed grads, rows)] applied as one update (BSP) or one each."""
+        total, rows = {}, sum(p[2] for p in pushes)
+        for keys, g, _ in pushes:
+            for k, gk in zip(keys.tolist(), g):
+                total[k] = total.get(k, 0) + gk
+        for k, g in total.items():
+            if k not in self.rows:
+                w0 = self.model.init_rows(np.array([k], np.uint64))
+                self.rows[k] = (w0[0], self.opt.init_state(w0)[0])
+            w, st = self.rows[k][0][None].copy(), self.rows[k][1][None].copy()
+            self.opt.update(w, st, (g / rows)[None].astype(np.float32))
+            self.rows[k] = (w[0], st[0])
+
+
+class FakeVan:
+    def __init__(self):
+        self.out = []
+
+    def send(self, dest, msg, kind=None, compress=True):
+        self.out.append((dest, msg))
+        return 0
+
+    def compression(self):
+        return {"data_bytes": 0, "data_bytes_uncompressed": 0}
+
+    def flush(self, timeout):
+        return True
+
+
+class NoFaults:
+    def on_step(self, step):
+        pass
+
+
+def make_server(tmp_path, *overrides, workers=2):
+    from pslab.backends.ps.server import Server
+
+    cfg = load_config(["backend=ps", *overrides])
+    rec = Recorder(tmp_path, 1, "server", 0)
+    van = FakeVan()
+    return Server(cfg, 0, Layout(2 + workers, 1), van, rec, NoFaults()), van, cfg
+
+
+def replies(van, req):
+    return [m for _, m in van.out if m.cmd == P.PULL_REPLY and m.req == req]
+
+
+@pytest.mark.parametrize("model", ["lr", "fm"])
+@pytest.mark.parametrize("optim", ["sgd", "adagrad", "ftrl"])
+def test_server_matches_reference_bsp(tmp_path, model, optim):
+    srv, van, cfg = make_server(tmp_path, f"model={model}", f"optim={optim}", "data.hash_bits=null")
+    ref = RefServer(make_model(cfg.model), make_optimizer(cfg.optim))
+    rng = np.random.default_rng(1)
+    req = 0
+    for clock in range(4):
+        pushes = []
+        for w in (1, 0):  # out of worker order on purpose: the server sums in worker order
+            keys = np.unique(rng.integers(0, 2**64 - 2, 50, dtype=np.uint64)[: 40 + clock] if w else
+                             np.concatenate([rng.integers(0, 2**64 - 2, 30, dtype=np.uint64),
+                                             pushes[0][0][:10] if pushes else []]).astype(np.uint64))
+            g = rng.standard_normal((len(keys), srv.model.dim)).astype(np.float32)
+            rows = 64 - w
+            srv.handle(P.Msg(P.PUSH, req=(req := req + 1), clock=clock, keys=keys, vals=g, rows=rows, src=2 + w))
+            pushes.append((keys, g, rows))
+        ref.push(pushes)
+        probe = np.concatenate([pushes[0][0], pushes[1][0], np.array([12345], np.uint64)])
+        srv.handle(P.Msg(P.PULL, req=(req := req + 1), clock=clock + 1, keys=probe, src=2))
+        (rep,) = replies(van, req)
+        np.testing.assert_allclose(rep.vals, ref.pull(probe), rtol=1e-5, atol=1e-6)
+    assert len(srv.table) == len(ref.rows)  # pulls of unseen keys store nothing
+    acks = [m for _, m in van.out if m.cmd == P.PUSH_ACK]
+    assert len(acks) == 8
+
+
+def test_server_ssp_holds_pulls_until_the_slowest_is_within_s(tmp_path):
+    srv, van, cfg = make_server(tmp_path, "backend.consistency=ssp", "backend.staleness=1")
+    ref = RefServer(make_model(cfg.model), make_optimizer(cfg.optim))
+    keys = np.arange(5, dtype=np.uint64)
+    g = np.ones((5, 1), np.float32)
+    for c in range(3):  # worker 0 runs ahead: clocks 0, 1, 2
+        srv.handle(P.Msg(P.PUSH, req=c + 1, clock=c, keys=keys, vals=g, rows=4, src=2))
+        ref.push([(keys, g, 4)])
+    srv.handle(P.Msg(P.PULL, req=10, clock=3, keys=keys, src=2))  # needs worker 1 at clock >= 2
+    assert not replies(van, 10) and len(srv.held) == 1
+    srv.handle(P.Msg(P.PUSH, req=11, clock=0, src=3, rows=0))
+    assert not replies(van, 10)
+    srv.handle(P.Msg(P.PUSH, req=12, clock=1, keys=keys[:2], vals=-g[:2], rows=2, src=3))
+    ref.push([(keys[:2], -g[:2], 2)])
+    (rep,) = replies(van, 10)
+    np.testing.assert_allclose(rep.vals, ref.pull(keys), rtol=1e-6)
+    rec = srv.clocks.records()
+    assert rec["staleness"].tolist() == [1] and rec["held_s"][0] >= 0
+    # membership without worker 1: worker 0 is no longer held back by it
+    srv.handle(P.Msg(P.CTRL, meta={"op": "membership", "membership": {
+        "gen": 1, "workers": [0], "servers": [0], "virtual_nodes": 1024, "replication": 1}}, src=0))
+    srv.handle(P.Msg(P.PULL, req=20, clock=4, keys=keys, src=2))
+    assert replies(van, 20)
+
+
+def test_server_asp_answers_at_once_and_records_staleness(tmp_path):
+    srv, van, _ = make_server(tmp_path, "backend.consistency=asp")
+    for c in range(5):
+        srv.handle(P.Msg(P.PUSH, req=c + 1, clock=c, rows=0, src=2))
+    srv.handle(P.Msg(P.PULL, req=9, clock=5, keys=np.arange(3, dtype=np.uint64), src=2))
+    assert replies(van, 9) and srv.clocks.stats()["staleness_max"] == 5
+
+
+def test_server_checkpoint_and_dump(tmp_path):
+    srv, van, _ = make_server(tmp_path, "backend.checkpoint_every=2", workers=1)
+    keys = np.array([3, 1, 2], np.uint64)
+    for c in range(2):
+        srv.handle(P.Msg(P.PUSH, req=c + 1, clock=c, keys=keys, vals=np.ones((3, 1), np.float32), rows=1, src=2))
+    done = [m for _, m in van.out if m.cmd == P.CTRL and m.meta["op"] == "ckpt_done"]
+    assert [m.meta["clock"] for m in done] == [2]
+    z = np.load(tmp_path / "checkpoints" / "clock-00000002" / "server-0.npz")
+    assert sorted(z["keys"].tolist()) == [1, 2, 3] and z["S"].shape == (3, 1)
+    srv.handle(P.Msg(P.CTRL, req=7, meta={"op": "dump"}, src=0))
+    dump = [m for _, m in van.out if m.cmd == P.DATA][0]
+    assert sorted(dump.keys.tolist()) == [1, 2, 3] and dump.vals.shape == (3, 1)
+    srv.handle(P.Msg(P.CTRL, meta={"op": "stop"}, src=0))
+    final = van.out[-1][1].meta
+    assert final["op"] == "final" and final["keys"] == 3 and srv.stopped
+    assert json.loads(json.dumps(final))  # the final record is plain JSON
