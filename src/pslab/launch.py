@@ -27,6 +27,7 @@ from .config import ConfigError, load_config
 from .observe import write_json_atomic
 
 GRACE_AFTER_RESULT_S = 5.0  # how long mpirun may take to exit once rank 0 is done
+END_MARGIN_S = 1.5  # end the job this long before its deadline, so that it is gone by then
 SUMMARY_FIELDS = ("status", "exit_code", "backend", "model", "consistency", "ranks", "workers", "servers",
                   "wall_s", "examples", "test_logloss", "test_auc", "bytes_sent", "faults_injected",
                   "failures_detected", "ranks_alive_end", "lost_updates")
@@ -76,31 +77,80 @@ def mpirun_command(mpirun: str, n: int, overrides: list[str], run_dir: Path, hos
     return cmd, env
 
 
-def end_group(proc: subprocess.Popen) -> None:
-    """Kill mpirun and every process it started (also SIGSTOPped ones: SIGKILL works on them)."""
+def _alive(procs: list) -> list:
+    """Processes not yet dead; a zombie is dead (its parent, or init, reaps it later)."""
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def _wait_gone(proc: subprocess.Popen, procs: list, timeout: float) -> bool:
+    t_end = time.time() + timeout
+    while True:
+        if proc.poll() is not None and not _alive(procs):
+            return True
+        if time.time() >= t_end:
+            return False
+        time.sleep(0.02)
+
+
+def run_processes(run_dir: Path | None) -> list[psutil.Process]:
+    """Live ranks of this run found by their command line (`run.dir=<run dir>` is unique
+    to the run): also the ones mpirun left behind when it exited first (an MPI_Abort
+    tears the ranks down after mpirun is gone, and they are then nobody's children)."""
+    if run_dir is None:
+        return []
+    tag = f"run.dir={run_dir}"
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if p.pid != os.getpid() and tag in (p.info["cmdline"] or []) and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return out
+
+
+def end_group(proc: subprocess.Popen, run_dir: Path | None = None) -> None:
+    """Kill mpirun and every process it started (its descendants, and the ranks of this
+    run dir wherever they are). Stopped (SIGSTOPped, hung) processes cannot act on
+    SIGTERM, so they get SIGKILL at once; the rest get SIGTERM, then SIGKILL whatever is
+    left a second later."""
     try:
         procs = psutil.Process(proc.pid).children(recursive=True)
     except psutil.NoSuchProcess:
         procs = []
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    known = {p.pid for p in procs}
+    procs += [p for p in run_processes(run_dir) if p.pid not in known]
+    for p in procs:
+        try:
+            if p.status() == psutil.STATUS_STOPPED:
+                p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    for sig, wait_s in ((signal.SIGTERM, 1.0), (signal.SIGKILL, 2.0)):
+        if _wait_gone(proc, procs, 0.0):
+            return
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
             pass
-        for p in procs:
+        for p in _alive(procs):
             try:
                 p.send_signal(sig)
             except psutil.NoSuchProcess:
                 pass
-        try:
-            proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            continue
-        if sig == signal.SIGTERM:
-            _, alive = psutil.wait_procs(procs, timeout=1)
-            if not alive:
-                return
-    psutil.wait_procs(procs, timeout=2)
+        if _wait_gone(proc, procs, wait_s):
+            return
+    try:
+        proc.wait(timeout=2)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -155,19 +205,107 @@ def rank_totals(run_dir: Path) -> dict:
             "peak_rss_bytes_max": max(peak.values()) if peak else None}
 
 
+# Fields of failure_detected / recovered records that name the failed rank(s).
+FAILED_RANK_KEYS = ("failed_rank", "failed_ranks", "dead_rank", "dead_ranks", "dead_world_ranks", "peer")
+
+
+def _ranks_named(e: dict) -> set[int]:
+    """The failed ranks an event names (failure_detected / recovered records)."""
+    out = set()
+    for k in FAILED_RANK_KEYS:
+        v = e.get(k)
+        if isinstance(v, bool) or v is None:
+            continue
+        for r in (v if isinstance(v, (list, tuple)) else [v]):
+            try:
+                out.add(int(r))
+            except (TypeError, ValueError):
+                pass
+    return out
+
+
+def count_failures(events: list[dict]) -> int:
+    """Distinct failed ranks seen in the records. Detections name the failed rank
+    (failed_rank / failed_ranks / dead_world_ranks, also on 'recovered'); a detection
+    that names none counts once per detecting rank (every survivor may record the same
+    failure), so the figure is the larger of the two counts."""
+    named, per_detector = set(), {}
+    for e in events:
+        if e.get("kind") in ("failure_detected", "recovered"):
+            named |= _ranks_named(e)
+        if e.get("kind") == "failure_detected" and not _ranks_named(e):
+            per_detector[e.get("rank")] = per_detector.get(e.get("rank"), 0) + 1
+    return max(len(named), max(per_detector.values(), default=0))
+
+
+def fault_records(events: list[dict]) -> list[dict]:
+    return [e for e in events if e.get("kind") == "fault_injected"]
+
+
+def recovery_times(events: list[dict]) -> list[dict]:
+    """For each kill/hang fault: seconds from the fault to the first 'recovered' record
+    after it (one that names the faulted rank when recoveries name ranks), or None."""
+    recs = sorted((e for e in events if e.get("kind") == "recovered"), key=lambda e: e.get("t", 0))
+    out = []
+    for f in fault_records(events):
+        if f.get("action") not in ("kill", "hang"):
+            continue
+        after = [r for r in recs if r.get("t", 0) >= f.get("t", 0)]
+        naming = [r for r in after if f.get("rank") in _ranks_named(r)]
+        first = (naming or after or [None])[0]
+        out.append({"rank": f.get("rank"), "role": f.get("target_role"), "action": f.get("action"),
+                    "recovery_s": None if first is None else round(first["t"] - f["t"], 6)})
+    return out
+
+
+def pid_alive(pid: int, run_dir: Path) -> bool:
+    """Is this pid still a live process of this run (not a zombie, not a reused pid)?"""
+    try:
+        p = psutil.Process(int(pid))
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return f"run.dir={run_dir}" in p.cmdline()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied, ValueError):
+        return False
+
+
+def leftover_pids(events: list[dict], run_dir: Path) -> dict[int, int]:
+    """{rank: pid} of ranks still alive (after the launcher ended the job)."""
+    pids = {e.get("rank"): e.get("pid") for e in events if e.get("kind") == "rank_started" and e.get("pid")}
+    return {r: pid for r, pid in pids.items() if pid_alive(pid, run_dir)}
+
+
+def hazard_fields(cfg, events: list[dict], wall_s: float) -> dict:
+    """The configured hazard and the failure times it produced (seconds since each rank
+    started), for the simulator's censored fit: ranks that drew a time but did not fail
+    are censored at the end of the run."""
+    try:
+        from .faults import parse_plan
+        plan = parse_plan(cfg.faults)
+    except Exception:  # a bad plan was already reported by the ranks
+        return {"hazard": None, "failure_times_s": None}
+    if plan.hazard is None:
+        return {"hazard": None, "failure_times_s": None}
+    hits = [f for f in fault_records(events) if f.get("trigger") == "hazard"]
+    drawn = [e for e in events if e.get("kind") == "hazard_drawn"]
+    return {"hazard": plan.hazard.to_dict(),
+            "failure_times_s": sorted(round(float(f.get("fired_s", f.get("elapsed", 0.0))), 4) for f in hits),
+            "hazard_ranks_at_risk": len(drawn)}
+
+
 def summarize(run_dir: Path, cfg, n: int, exit_code, wall_s: float, reason: str | None, log_tail: str) -> dict:
     result = read_json(run_dir / "result.json") or {}
     events = merge_events(run_dir)
     totals = rank_totals(run_dir)
     ok = result.get("status") == "completed"
-    errors = [e for e in events if e.get("kind") == "rank_error"]
+    errors = [e for e in events if e.get("kind") in ("rank_error", "unrecoverable")]
+    faults = fault_records(events)
     summary = {k: None for k in SUMMARY_FIELDS}
     summary.update({
         "backend": cfg.backend.name, "model": cfg.model.name, "ranks": n,
         "elastic": bool(cfg.backend.get("elastic", False)) if cfg.backend.name == "allreduce" else None,
         "consistency": cfg.backend.get("consistency"), "staleness": cfg.backend.get("staleness"),
         "faults": cfg.faults.name, "data": cfg.data.name, "optim": cfg.optim.name,
-        "faults_injected": sum(1 for e in events if e.get("kind") == "fault_injected"),
         "failures_detected": 0, "lost_updates": 0,
     })
     summary.update({k: v for k, v in result.items() if k not in ("status", "t", "ranks")})
@@ -176,15 +314,45 @@ def summarize(run_dir: Path, cfg, n: int, exit_code, wall_s: float, reason: str 
     summary["exit_code"] = exit_code
     summary["wall_s"] = round(wall_s, 3)
     summary["deadline_s"] = float(cfg.run.deadline_s)
+    summary["faults_injected"] = len(faults)
+    summary["failures_detected"] = max(int(result.get("failures_detected") or 0), count_failures(events))
+    # Recovery: from each injected fault to the first completed step after it (the
+    # backends' 'recovered' record). The backend's own figure (from its detection of the
+    # failure, so without the detection delay) is kept as recovery_s_reported, and used
+    # when the records give none.
+    recov = recovery_times(events)
+    measured = [r["recovery_s"] for r in recov if r["recovery_s"] is not None]
+    reported = result.get("recovery_s")
+    if isinstance(reported, list):
+        summary["recovery_s_reported"] = [float(x) for x in reported if x is not None]
+    summary["recovery_s"] = measured or list(summary.get("recovery_s_reported") or [])
+    for role in ("worker", "server"):
+        key = f"{role}_recovery_s"
+        if not isinstance(result.get(key), list):
+            summary[key] = [r["recovery_s"] for r in recov if r["role"] == role and r["recovery_s"] is not None]
+    summary["faults_unrecovered"] = sum(1 for r in recov if r["recovery_s"] is None)
     if not ok:
-        summary["reason"] = reason or (errors[0]["error"] if errors else
-                                       f"mpirun exited with code {exit_code} before rank 0 completed")
+        first_error = errors[0].get("error") or errors[0].get("reason") if errors else None
+        hit = "; ".join(f"{f.get('action')} rank {f.get('rank')} ({f.get('target_role')} {f.get('target_index')}) "
+                        f"at {'step %s' % f['step'] if f.get('step') is not None else '%.1f s' % f.get('elapsed', 0)}"
+                        for f in faults[:3])
+        summary["reason"] = (reason or first_error or f"mpirun exited with code {exit_code} before rank 0 completed") \
+            + (f" (faults injected: {hit}{'; ...' if len(faults) > 3 else ''})" if hit else "")
         summary["failed_at_s"] = round(wall_s, 3)
         summary["log_tail"] = log_tail
     if summary.get("ranks_alive_end") is None:
-        summary["ranks_alive_end"] = None if not ok else n
-    summary["injected"] = [{k: e.get(k) for k in ("elapsed", "rank", "action", "target_role", "target_index", "step")}
-                           for e in events if e.get("kind") == "fault_injected"]
+        # Without rank 0's count: the ranks that ran to their end (wrote a final record).
+        summary["ranks_alive_end"] = n if ok else len(list((run_dir / "ranks").glob("rank-*.json")))
+    summary["lost_updates"] = int(summary.get("lost_updates") or 0)
+    # Every rank a fault killed (or hung, then the launcher killed) must really be gone.
+    left = leftover_pids(events, run_dir)
+    killed = {f.get("rank") for f in faults if f.get("action") in ("kill", "hang")}
+    summary["killed_pids_dead"] = not (killed & set(left))
+    summary["rank_pids_alive"] = sorted(left.values())
+    summary.update(hazard_fields(cfg, events, wall_s))
+    summary["injected"] = [{k: e.get(k) for k in ("elapsed", "rank", "action", "target_role", "target_index",
+                                                  "step", "trigger", "fault_id", "fired_s")}
+                           for e in faults]
     write_json_atomic(run_dir / "summary.json", summary)
     return summary
 
@@ -199,6 +367,8 @@ def tail(path: Path, lines: int = 15) -> str:
 def launch(n: int, overrides: list[str], run_dir: Path | None = None, deadline: float | None = None,
            hostfile: str | None = None, mpirun: str | None = None, quiet: bool = False) -> dict:
     cfg = load_config(overrides)
+    from .faults import parse_plan
+    parse_plan(cfg.faults)  # a bad fault plan is a config error, reported before mpirun starts
     deadline = float(deadline if deadline is not None else cfg.run.deadline_s)
     overrides = [o for o in overrides if not o.startswith("run.deadline_s=")] + [f"run.deadline_s={deadline}"]
     if run_dir is None:
@@ -229,16 +399,16 @@ def launch(n: int, overrides: list[str], run_dir: Path | None = None, deadline: 
                 done_at = now
             if done_at is not None and now - done_at > GRACE_AFTER_RESULT_S:
                 # Rank 0 finished but the job does not end: a hung rank blocks MPI_Finalize.
-                end_group(proc)
+                end_group(proc, run_dir)
                 exit_code = proc.returncode
                 reason = "ended by the launcher after rank 0 completed (a rank did not exit)"
                 break
-            if now - t0 > deadline:
-                end_group(proc)
+            if now - t0 > deadline - END_MARGIN_S * min(1.0, deadline / 20):
+                end_group(proc, run_dir)
                 exit_code = proc.returncode
                 reason = f"deadline of {deadline:g} s passed"
                 break
-        end_group(proc)  # no process outlives its run, whatever happened
+        end_group(proc, run_dir)  # no process outlives its run, whatever happened
     wall = time.time() - t0
     summary = summarize(run_dir, cfg, n, exit_code, wall, reason if reason and "deadline" in reason else None,
                         tail(log_path))
