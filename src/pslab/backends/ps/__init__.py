@@ -53,7 +53,17 @@ def run(cfg, comm, rec, make_injector):
     roles = {"worker": layout.workers, "server": layout.servers, "coordinator": 1, "rank": layout.size}
     try:
         if role == "coordinator":
-            return _coordinator(cfg, layout, van, rec, make_injector, roles, deadline)
+            try:
+                return _coordinator(cfg, layout, van, rec, make_injector, roles, deadline)
+            except BaseException as e:
+                # Tell every rank to stop now (under ULFM an MPI_Abort alone does not end
+                # the others promptly), then fail with the reason.
+                reason = f"{type(e).__name__}: {e}"
+                rec.event("unrecoverable", sync=True, reason=reason)
+                for r in range(1, layout.size):
+                    van.send(r, P.Msg(P.CTRL, meta={"op": "abort", "reason": reason}))
+                van.flush(2.0)
+                raise
         start = _wait_start(van, rec, float(cfg.backend.idle_timeout_s), deadline)
         injector = make_injector(roles, int(start["planned"]))
         membership = Membership.from_meta(start["membership"])
@@ -90,6 +100,8 @@ def _wait_start(van, rec, idle_timeout: float, deadline: float) -> dict:
         for m in van.recv(0.5):
             if start is None and m.cmd == P.CTRL and (m.meta or {}).get("op") == "start":
                 start = m.meta
+            elif m.cmd == P.CTRL and m.src == 0 and (m.meta or {}).get("op") == "abort":
+                raise SystemExit(f"the coordinator ended the run before the start: {m.meta.get('reason')}")
             elif m.cmd == P.PEER_FAILED and m.src == 0:
                 raise SystemExit("the coordinator (rank 0) died before the start")
             else:

@@ -7,9 +7,11 @@ every shard of its clock is on disk, so the newest manifest is always a usable s
     <run dir>/checkpoints/clock-00000032/manifest.json
     <run dir>/checkpoints/LATEST            (names the newest manifest)
 
-Restoring reads every shard and keeps the keys the ring gives to the reader, so a run
-can resume with another number of servers, and a successor can take over a dead
-server's ranges from the last checkpoint (failover with R = 1).
+Each shard holds the keys its server *owns* (not its replicas), so every key is in one
+shard. Restoring reads the shards and keeps the keys the ring gives to the reader (as
+owner or replica), so a run can resume with another number of servers, and a successor
+can take over a dead server's ranges from the last checkpoint (failover with R = 1:
+server.restore_ranges reads only the dead server's shard).
 """
 from __future__ import annotations
 
@@ -89,4 +91,10 @@ def load_rows(info: dict, keep=None) -> tuple[np.ndarray, np.ndarray, np.ndarray
         parts.append((k, W, S))
     if not parts:
         return np.zeros(0, np.uint64), None, None
-    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
+    keys, W, S = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    if len(parts) > 1:  # a key in two shards (replicas in an older layout): keep its first copy
+        _, first = np.unique(keys, return_index=True)
+        if len(first) < len(keys):
+            first.sort()
+            keys, W, S = keys[first], W[first], S[first]
+    return keys, W, S

@@ -51,6 +51,7 @@ class Membership:
     servers: list[int]                   # live server indices (the ring's members)
     virtual_nodes: int = 1024
     replication: int = 1
+    demoted: list[int] = field(default_factory=list)  # live workers whose clocks no longer count (backed up)
     _ring: HashRing | None = field(default=None, repr=False, compare=False)
 
     @staticmethod
@@ -66,9 +67,13 @@ class Membership:
 
     def to_meta(self) -> dict:
         return {"gen": self.gen, "workers": self.workers, "servers": self.servers,
-                "virtual_nodes": self.virtual_nodes, "replication": self.replication}
+                "virtual_nodes": self.virtual_nodes, "replication": self.replication, "demoted": self.demoted}
 
     @staticmethod
     def from_meta(m: dict) -> "Membership":
         return Membership(int(m["gen"]), [int(w) for w in m["workers"]], [int(s) for s in m["servers"]],
-                          int(m["virtual_nodes"]), int(m["replication"]))
+                          int(m["virtual_nodes"]), int(m["replication"]), [int(w) for w in m.get("demoted", [])])
+
+    def counted(self) -> list[int]:
+        """The workers the clock rules wait for: live and not demoted."""
+        return [w for w in self.workers if w not in self.demoted]

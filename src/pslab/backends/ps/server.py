@@ -12,6 +12,20 @@
 - control from the coordinator: membership, checkpoint, dump (the whole shard), stop.
 Checkpoints are taken when progress reaches a multiple of backend.checkpoint_every, the
 same clock on every server without any message (exact in BSP).
+
+Failover (see coordinator.py for the whole story):
+- heartbeats to the coordinator every heartbeat_timeout_s / 4, so a hung server is found;
+- replication R: the table holds the keys this server owns *and* those it replicates
+  (workers push to every replica); pulls, dumps and checkpoint shards cover only the
+  keys it owns, so nothing is counted twice;
+- a push part id already applied from a worker is acknowledged and not applied again (a
+  retried push is idempotent); a push naming a batch already applied (backup instances:
+  two copies of one batch) ticks the clock but is not applied;
+- a new membership drops dead workers from the clocks (pushes they made before count),
+  and may make this server the owner of a dead server's ranges: with R >= 2 it already
+  holds them; with R = 1 it restores them from the checkpoint named in the message and
+  takes the re-sent (`handover`) pushes, which add to a clock without ticking it;
+- messages of a newer membership generation than this server knows wait for it.
 """
 from __future__ import annotations
 
@@ -37,7 +51,7 @@ class Server:
         self.model, self.opt = make_model(cfg.model), make_optimizer(cfg.optim)
         self.table = SparseTable(self.model, self.opt)
         self.membership = membership or Membership.initial(layout, bc)
-        self.clocks = Clocks(str(bc.consistency), int(bc.staleness), self.membership.workers, start_clock)
+        self.clocks = Clocks(str(bc.consistency), int(bc.staleness), self.membership.counted(), start_clock)
         self.bsp = self.clocks.mode == "bsp"
         self.pending_clocks: dict[int, dict[int, P.Msg]] = {}   # BSP: clock -> worker -> push
         self.held: list[tuple[P.Msg, float]] = []               # pulls waiting for the clock rule
@@ -47,16 +61,43 @@ class Server:
         self.log_every = max(1, int(cfg.train.log_every))
         self.stopped = False
         self.updates = 0
+        self.hb_every = max(0.1, float(bc.get("heartbeat_timeout_s", 5)) / 4)
+        self.last_hb = 0.0
+        self.seen: dict[int, dict] = {}                         # worker -> recent push part ids applied
+        self.batches: set = set()                               # backup instances: batch ids applied
+        self.dup_pushes = 0
+        self.dup_batches = 0
+        self.handovers = 0
+        self.future: list[P.Msg] = []                           # requests of a newer generation
+        self.clock_rows: dict[int, int] = {}                    # BSP: rows behind each applied clock
+        self.extra: dict[int, list] = {}                        # BSP: handover parts of pending clocks
+        self.restored_keys = 0
         if restore is not None:
-            mine = lambda k: self.membership.ring.route(k) == self.index  # noqa: E731
-            keys, W, S = ckpt.load_rows(restore, keep=mine)
+            keys, W, S = ckpt.load_rows(restore, keep=self.holds)
             if len(keys):
                 self.table.load(keys, W, S)
             rec.event("restored", clock=start_clock, keys=int(len(keys)), manifest=restore["dir"])
 
     # ------------------------------------------------------------ dispatch
 
+    def holds(self, keys: np.ndarray) -> np.ndarray:
+        """Keys this server keeps a copy of (owner or replica) under its membership."""
+        ring = self.membership.ring
+        if ring.replication <= 1:
+            return ring.route(keys) == self.index
+        return (ring.replicas(keys) == self.index).any(1)
+
+    def owned(self) -> np.ndarray:
+        """Positions (in table order) of the keys this server owns (the rest are replicas)."""
+        keys = self.table.keys()
+        if self.membership.ring.replication <= 1 or len(self.membership.servers) == 1:
+            return np.arange(len(keys))
+        return np.flatnonzero(self.membership.ring.route(keys) == self.index)
+
     def handle(self, m: P.Msg) -> None:
+        if m.cmd in (P.PUSH, P.PULL) and m.gen > self.membership.gen:
+            self.future.append(m)  # sent under a membership this server has not received yet
+            return
         if m.cmd == P.PUSH:
             self.on_push(m)
         elif m.cmd == P.PULL:
@@ -76,21 +117,64 @@ class Server:
 
     # ------------------------------------------------------------ push
 
+    def ack(self, m: P.Msg) -> None:
+        with self.rec.acct.timed("comm"):
+            self.van.send(m.src, P.Msg(P.PUSH_ACK, req=m.req, clock=m.clock, gen=self.membership.gen))
+
     def on_push(self, m: P.Msg) -> None:
         w = self.worker_of(m)
-        if w not in self.clocks.workers:
+        demoted = w in self.membership.demoted and w in self.membership.workers
+        if w not in self.clocks.workers and not demoted:
             return  # fenced: a worker the coordinator dropped (its late messages are ignored)
+        seen = self.seen.setdefault(w, {})
+        if m.req in seen:
+            self.dup_pushes += 1  # a retried push: applied once already
+            self.ack(m)
+            return
+        seen[m.req] = True
+        if len(seen) > 4096:
+            del seen[next(iter(seen))]
+        meta = m.meta or {}
+        batch = meta.get("batch")
+        if batch is not None:
+            bid = tuple(batch)
+            if bid in self.batches:  # a backup copy of a batch another copy delivered first
+                self.dup_batches += 1
+                m = P.Msg(P.PUSH, req=m.req, clock=m.clock, rows=0, src=m.src, gen=m.gen, meta=m.meta)
+            else:
+                self.batches.add(bid)
+        if meta.get("handover") or demoted:
+            # (a demoted straggler's push: applied, its clock no longer counted)
+            if m.rows:
+                self.on_handover(m)
+            self.ack(m)
+            return
         self.clocks.on_push(w, m.clock)
         with self.rec.acct.timed("compute"):
             if self.bsp:
                 self.pending_clocks.setdefault(m.clock, {})[w] = m
                 self.apply_complete_clocks()
-            elif m.keys is not None and len(m.keys):
+            elif m.keys is not None and len(m.keys) and m.rows > 0:
                 apply_gradient(self.table, m.keys, m.vals / m.rows)
                 self.updates += len(m.keys)
-        with self.rec.acct.timed("comm"):
-            self.van.send(m.src, P.Msg(P.PUSH_ACK, req=m.req, clock=m.clock, gen=self.membership.gen))
+        self.ack(m)
         self.after_progress()
+
+    def on_handover(self, m: P.Msg) -> None:
+        """R = 1 failover: the part of a worker's clock-c push that went to a dead server,
+        re-sent here (its new owner). It adds to clock c without ticking it."""
+        self.handovers += 1
+        if m.keys is None or not len(m.keys):
+            return
+        with self.rec.acct.timed("compute"):
+            if self.bsp and m.clock >= self.clocks.applied:
+                self.extra.setdefault(m.clock, []).append(m)
+                self.apply_complete_clocks()
+            else:
+                rows = self.clock_rows.get(m.clock, m.rows) if self.bsp else m.rows
+                if rows > 0:
+                    apply_gradient(self.table, m.keys, m.vals / rows)
+                    self.updates += len(m.keys)
 
     def apply_complete_clocks(self) -> None:
         """BSP: apply every clock whose pushes are all in, in clock order."""
@@ -100,8 +184,11 @@ class Server:
             if got is None or not self.clocks.workers <= set(got):
                 return
             del self.pending_clocks[c]
-            parts = [got[w] for w in sorted(got) if got[w].keys is not None and len(got[w].keys)]
+            parts = [got[w] for w in sorted(got) if got[w].keys is not None and len(got[w].keys) and got[w].rows]
             rows = sum(got[w].rows for w in got)
+            parts += [x for x in self.extra.pop(c, []) if x.keys is not None and len(x.keys)]
+            self.clock_rows[c] = rows
+            self.clock_rows.pop(c - 64, None)
             if parts and rows > 0:
                 if len(parts) == 1:
                     keys, g = parts[0].keys, parts[0].vals
@@ -134,7 +221,9 @@ class Server:
 
     def on_pull(self, m: P.Msg) -> None:
         if m.clock >= 0 and self.worker_of(m) not in self.clocks.workers:
-            return
+            if self.worker_of(m) in self.membership.demoted and self.worker_of(m) in self.membership.workers:
+                self.answer(m, 0.0, count=False)  # a demoted straggler reads what there is
+            return  # else fenced
         if self.clocks.ready(m.clock):
             self.answer(m, 0.0)
         else:
@@ -151,10 +240,10 @@ class Server:
                 still.append((m, t))
         self.held = still
 
-    def answer(self, m: P.Msg, held_s: float) -> None:
+    def answer(self, m: P.Msg, held_s: float, count: bool = True) -> None:
         with self.rec.acct.timed("compute"):
             rows = self.table.gather(m.keys) if m.keys is not None else np.zeros((0, self.model.dim), np.float32)
-        if m.clock >= 0:
+        if m.clock >= 0 and count:
             self.clocks.served(self.worker_of(m), m.clock, held_s)
         with self.rec.acct.timed("comm"):
             # Snapshots (clock < 0: the coordinator's evaluation) travel uncompressed.
@@ -166,20 +255,30 @@ class Server:
     def on_ctrl(self, m: P.Msg) -> None:
         op = (m.meta or {}).get("op")
         if op == "membership":
+            old = self.membership
             self.membership = Membership.from_meta(m.meta["membership"])
-            self.clocks.set_workers(self.membership.workers)
-            for c in list(self.pending_clocks):  # pushes of dropped workers no longer count
-                for w in [w for w in self.pending_clocks[c] if w not in self.clocks.workers]:
-                    del self.pending_clocks[c][w]
+            fo = m.meta.get("failover")
+            if fo and fo.get("mode") == "checkpoint":
+                self.restore_ranges(old, fo)
+            # Dropped workers stop counting: no clock waits for them again. Pushes they
+            # made before they were dropped stay in their clocks (real work, done once).
+            self.clocks.set_workers(self.membership.counted())
             if self.bsp:
                 self.apply_complete_clocks()
             self.after_progress()
+            future, self.future = self.future, []
+            for f in future:
+                self.handle(f)
+        elif op == "hb":
+            pass
+        elif op == "abort":
+            raise SystemExit(f"server {self.index}: the coordinator ended the run: {m.meta.get('reason')}")
         elif op == "checkpoint":
             self.checkpoint(int(m.meta["clock"]))
         elif op == "dump":
-            keys = self.table.keys()
-            n = len(keys)
-            self.van.send(m.src, P.Msg(P.DATA, req=m.req, keys=keys, vals=self.table.W[:n],
+            own = self.owned()
+            keys = self.table.keys()[own]
+            self.van.send(m.src, P.Msg(P.DATA, req=m.req, keys=keys, vals=self.table.W[own],
                                        meta={"op": "dump", "server": self.index}), kind="dump", compress=False)
         elif op == "stop":
             self.stop(m.src)
@@ -187,12 +286,30 @@ class Server:
             raise ValueError(f"server {self.index}: unknown control message {m.meta}")
 
     def checkpoint(self, clock: int) -> None:
-        n = len(self.table)
+        own = self.owned()  # the keys this server owns: every key is in exactly one shard
+        n = len(own)
         with self.rec.acct.timed("checkpoint"):
-            path = ckpt.write_shard(self.ckpt_root, clock, self.index, self.table.keys(), self.table.W[:n],
-                                    self.table.S[:n])
+            path = ckpt.write_shard(self.ckpt_root, clock, self.index, self.table.keys()[own], self.table.W[own],
+                                    self.table.S[own])
         self.van.send(0, P.Msg(P.CTRL, clock=clock, meta={"op": "ckpt_done", "clock": clock, "server": self.index,
-                                                         "shard": path.name, "keys": n}))
+                                                         "shard": path.name, "keys": n, "updates": self.updates,
+                                                         "gen": self.membership.gen}))
+
+    def restore_ranges(self, old: Membership, fo: dict) -> None:
+        """R = 1 failover: the keys the dead server owned that this server now holds come
+        back from its shard of the last checkpoint (or start afresh if there was none)."""
+        dead = int(fo["server"])
+        n = 0
+        if fo.get("manifest"):
+            info = ckpt.read_manifest(fo["manifest"])
+            info["shards"] = [sh for sh in info["shards"] if sh == f"server-{dead}.npz"]
+            keys, W, S = ckpt.load_rows(info, keep=lambda k: (old.ring.route(k) == dead) & self.holds(k))
+            if keys is not None and len(keys):
+                self.table.load(keys, W, S)
+                n = len(keys)
+        self.restored_keys += n
+        self.rec.event("restored_ranges", sync=True, dead_server=dead, keys=n, clock=fo.get("clock"),
+                       manifest=fo.get("manifest"))
 
     def stop(self, src: int) -> None:
         recs = self.clocks.records()
@@ -203,7 +320,9 @@ class Server:
         tmp.replace(d / f"pulls-server-{self.index}.npz")
         info = {"op": "final", "role": "server", "index": self.index, "acct": self.rec.acct.snapshot(),
                 "compression": self.van.compression(), "keys": len(self.table), "table_bytes": self.table.nbytes,
-                "updates": self.updates, "held_pulls": len(self.held), **self.clocks.stats()}
+                "updates": self.updates, "held_pulls": len(self.held), "dup_pushes": self.dup_pushes,
+                "dup_batches": self.dup_batches, "handovers": self.handovers, "restored_keys": self.restored_keys,
+                **self.clocks.stats()}
         self.van.send(src, P.Msg(P.CTRL, meta=info))
         self.stopped = True
 
@@ -215,8 +334,11 @@ class Server:
         last = time.time()
         while not self.stopped:
             with self.rec.acct.timed("idle"):
-                msgs = self.van.recv(0.5)
+                msgs = self.van.recv(min(0.5, self.hb_every))
             now = time.time()
+            if now - self.last_hb >= self.hb_every:
+                self.last_hb = now
+                self.van.send(0, P.Msg(P.CTRL, meta={"op": "hb", "updates": self.updates}))
             if msgs:
                 last = now
             for m in msgs:

@@ -123,7 +123,13 @@ class Van:
             src, n = self.status.Get_source(), self.status.Get_count(MPI.BYTE)
             buf = np.empty(n, np.uint8)
             req = m.Irecv([buf, MPI.BYTE])
-            if not req.Test() and not self._complete([req], src, out):  # small ones are done at once
+            try:
+                arrived = req.Test()  # small ones are done at once
+            except MPI.Exception as e:  # the sender died mid-message (ULFM)
+                if self._failure(e, out):
+                    continue
+                raise
+            if not arrived and not self._complete([req], src, out):
                 continue
             h = P.header_of(buf)
             pieces = int(h[P.H_NCHUNKS])
@@ -146,12 +152,21 @@ class Van:
     def _complete(self, reqs: list, src: int, out: list, timeout: float = 30.0) -> bool:
         """Bounded wait for receives whose messages are here or streaming in."""
         deadline = time.perf_counter() + timeout
+        statuses = [MPI.Status() for _ in reqs]
         while True:
             try:
-                if MPI.Request.Testall(reqs):
+                if MPI.Request.Testall(reqs, statuses):
                     return True
             except MPI.Exception as e:
                 if self._failure(e, out):
+                    return False
+                if e.Get_error_class() != MPI.ERR_IN_STATUS:
+                    raise
+                # Testall names no culprit (ERR_IN_STATUS): the sender died mid-message;
+                # the statuses carry the real error class (ULFM: process failed).
+                classes = [MPI.Get_error_class(st.Get_error()) for st in statuses]
+                bad = [c for c in classes if c not in (MPI.SUCCESS, MPI.ERR_PENDING)]
+                if bad and self._failure_class(bad[0], out):
                     return False
                 raise
             if time.perf_counter() > deadline:
@@ -186,7 +201,10 @@ class Van:
 
     def _failure(self, e: MPI.Exception, out: list) -> bool:
         """Turn ULFM's 'process failed' into PEER_FAILED notices; False if it is not that."""
-        if e.Get_error_class() not in (MPI.ERR_PROC_FAILED, getattr(MPI, "ERR_PROC_FAILED_PENDING", -1),
+        return self._failure_class(e.Get_error_class(), out)
+
+    def _failure_class(self, cls: int, out: list) -> bool:
+        if cls not in (MPI.ERR_PROC_FAILED, getattr(MPI, "ERR_PROC_FAILED_PENDING", -1),
                                        getattr(MPI, "ERR_REVOKED", -1)):
             return False
         try:
