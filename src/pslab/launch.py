@@ -24,9 +24,10 @@ from pathlib import Path
 import psutil
 
 from .config import ConfigError, load_config
-from .observe import write_json_atomic
+from .observe import ABORT_MARKER, write_json_atomic
 
 GRACE_AFTER_RESULT_S = 5.0  # how long mpirun may take to exit once rank 0 is done
+GRACE_AFTER_ABORT_S = 3.0  # how long an MPI_Abort may take to end the job
 END_MARGIN_S = 1.5  # end the job this long before its deadline, so that it is gone by then
 SUMMARY_FIELDS = ("status", "exit_code", "backend", "model", "consistency", "ranks", "workers", "servers",
                   "wall_s", "examples", "test_logloss", "test_auc", "bytes_sent", "faults_injected",
@@ -387,7 +388,7 @@ def launch(n: int, overrides: list[str], run_dir: Path | None = None, deadline: 
         log.flush()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                                 stdin=subprocess.DEVNULL)
-        done_at = None
+        done_at = aborted_at = None
         while True:
             try:
                 exit_code = proc.wait(timeout=0.1)
@@ -403,6 +404,15 @@ def launch(n: int, overrides: list[str], run_dir: Path | None = None, deadline: 
                 exit_code = proc.returncode
                 reason = "ended by the launcher after rank 0 completed (a rank did not exit)"
                 break
+            if aborted_at is None and (run_dir / ABORT_MARKER).exists():
+                aborted_at = now
+            if aborted_at is not None and now - aborted_at > GRACE_AFTER_ABORT_S:
+                # A rank called MPI_Abort, but under ULFM the job may linger: end it.
+                end_group(proc, run_dir)
+                exit_code = proc.returncode
+                marker = read_json(run_dir / ABORT_MARKER) or {}
+                reason = f"aborted: {marker.get('reason', 'a rank called MPI_Abort')}"
+                break
             if now - t0 > deadline - END_MARGIN_S * min(1.0, deadline / 20):
                 end_group(proc, run_dir)
                 exit_code = proc.returncode
@@ -410,7 +420,10 @@ def launch(n: int, overrides: list[str], run_dir: Path | None = None, deadline: 
                 break
         end_group(proc, run_dir)  # no process outlives its run, whatever happened
     wall = time.time() - t0
-    summary = summarize(run_dir, cfg, n, exit_code, wall, reason if reason and "deadline" in reason else None,
+    if reason is None and (run_dir / ABORT_MARKER).exists():
+        reason = f"aborted: {(read_json(run_dir / ABORT_MARKER) or {}).get('reason', 'a rank called MPI_Abort')}"
+    summary = summarize(run_dir, cfg, n, exit_code, wall,
+                        reason if reason and ("deadline" in reason or reason.startswith("aborted")) else None,
                         tail(log_path))
     if reason and summary["status"] == "succeeded":
         summary["note"] = reason

@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as e:
         rec.event("rank_error", sync=True, error=f"{type(e).__name__}: {e}",
                   traceback=traceback.format_exc(limit=8))
+        if comm.size > 1:  # python -m mpi4py now aborts the job
+            rec.aborting(f"rank {comm.rank} ({role} {index}): {type(e).__name__}: {e}")
         raise
     finally:
         rec.close()

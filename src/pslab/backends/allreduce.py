@@ -370,6 +370,8 @@ class Trainer:
         if not self.elastic:
             self.rec.event("failure_detected", sync=True, step=self.step, epoch=self.epoch, error=error_name(err),
                            elastic=False, action="MPI_Abort")
+            self.rec.aborting(f"rank {self.rec.rank}: a collective failed ({error_name(err)}): "
+                              "classic allreduce cannot go on without every rank")
             self.MPI.COMM_WORLD.Abort(1)
         self.exchange.reset()
         recover(self, err)

@@ -267,6 +267,7 @@ def recover(tr, err) -> None:
             rec.event("false_alarm", sync=True, step=tr.step, epoch=tr.epoch, error=error)
         if 0 not in alive:
             rec.event("unrecoverable", sync=True, reason="world rank 0 (evaluation, result) died", alive=alive)
+            rec.aborting("world rank 0 (evaluation, result) died: elastic allreduce cannot go on without it")
             MPI.COMM_WORLD.Abort(1)
         try:
             # last completed step (min, max) and the earliest detection among the survivors

@@ -15,6 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+ABORT_MARKER = "ABORTING.json"
+
+
 def write_json_atomic(path: Path, obj) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -102,6 +105,15 @@ class Recorder:
         rec = {"rank": self.rank, "role": self.role, "index": self.index, "pid": os.getpid(),
                "wall_s": time.time() - self.t0, **self.acct.snapshot(), **fields}
         write_json_atomic(self.run_dir / "ranks" / f"rank-{self.rank}.json", rec)
+
+    def aborting(self, reason: str) -> None:
+        """Say the job is being aborted, before calling MPI_Abort: under ULFM an abort
+        from one rank does not always end mpirun promptly, and the launcher ends the
+        job once it sees this marker. The first rank to say so wins."""
+        self.event("aborting", sync=True, reason=reason)
+        path = self.run_dir / ABORT_MARKER
+        if not path.exists():
+            write_json_atomic(path, {"t": time.time(), "rank": self.rank, "role": self.role, "reason": reason})
 
     def result(self, **fields) -> None:
         """The run's outcome as rank 0 saw it; its presence means training completed."""
