@@ -23,5 +23,11 @@ test: setup
 test-all: setup
 	$(BIN)/python -m pytest -q -m ''
 
+# Every comparison at the small preset, then every figure (< 45 min on 2 cores);
+# `make reproduce PRESET=large` for bigger machines.
+PRESET ?= small
+reproduce: setup
+	$(BIN)/python experiments/reproduce.py --preset $(PRESET)
+
 clean:
 	rm -rf runs .pytest_cache
