@@ -44,8 +44,8 @@ FIGS = [
     ("recovery", "04_recovery", "Recovery after a kill",
      "time from a SIGKILL to training again, and wall time lost, per recovery mechanism."),
     ("stragglers", "05_stragglers", "Stragglers",
-     "training time and time to target with a worker slowed 3x: waiting (BSP, allreduce) vs bounded "
-     "staleness vs backup instances."),
+     "training time and time to target with a worker slowed 3x and 10x: waiting (BSP, allreduce) vs bounded "
+     "staleness (SSP) vs no synchronization (ASP) vs ASP with backup instances."),
     ("scalability", "06_scalability", "Model scalability",
      "peak memory per process vs model size, and the largest model within 2 GiB per process: one replica "
      "per rank vs a model sharded over S servers."),

@@ -146,9 +146,14 @@ MPI, the failed run's wall time, after which the job has to be run again).""",
     "05_stragglers": {
         "title": "5. Stragglers: waiting vs bounded staleness vs backup instances",
         "intro": """\
-**Question.** One worker takes 3x as long per step. How much does waiting for it (BSP,
-synchronous allreduce) cost, and how much do bounded staleness and KunPeng's backup
-instances win back? KunPeng: backup instances gain 10-20%.
+**Question.** One worker is slowed 3x (and, in a second set of arms, 10x). How much does
+waiting for it (BSP, synchronous allreduce) cost, and how much do bounded staleness (SSP),
+no synchronization (ASP) and KunPeng's backup instances (on ASP: an idle worker takes over
+the straggler's remaining rows) win back? KunPeng: backup instances gain 10-20%.
+
+Note: the straggler fault sleeps (factor - 1) x the rank's own step time; the PS measures
+a step including its pull and push, the allreduce backend its compute only, so "10x" slows
+a PS worker more than an allreduce rank.
 
 **Data.** `results/stragglers/` (experiments/stragglers.py).""",
         "cells": [

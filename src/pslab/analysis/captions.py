@@ -194,12 +194,15 @@ def success_rate(trials, curves: dict | None) -> str:
         bits.append(f"measured at {top} ranks: " + ", ".join(
             f"{k} {v['successes']}/{v['trials']} ({v['rate']:.0%}, 95% CI {v['ci_low']:.0%}-{v['ci_high']:.0%})"
             for k, v in sorted(at.items())))
-    prod = ((curves or {}).get("production_regime") or {}).get("curves") or {}
-    for k, c in sorted(prod.items()):
-        if 10000 in c["workers"]:
-            i = c["workers"].index(10000)
-            bits.append(f"simulated {k} at 10,000 workers ({curves['production_regime']['job_hours']:g} h jobs, "
-                        f"Li et al.'s failure law): {c['success_rate'][i]:.0%}")
+    regime = (curves or {}).get("production_regime") or {}
+    names = {"allreduce": "classic allreduce", "elastic": "elastic allreduce", "ps": "the PS"}
+    for key, n, law in (("curves", 10000, "under the per-rank failure law fitted to Li et al.'s table"),
+                        ("curves_deck", 1000, "under the deck's rate (30% for classic MPI there)")):
+        cs = regime.get(key) or {}
+        vals = [f"{names.get(k, k)} {c['success_rate'][c['workers'].index(n)]:.0%}" for k, c in sorted(cs.items())
+                if n in c["workers"]]
+        if vals:
+            bits.append(f"simulated {regime.get('job_hours', 1):g} h jobs of {n:,} workers {law}: " + ", ".join(vals))
     return ("; ".join(bits) + ".") if bits else "No success-rate trials yet."
 
 
