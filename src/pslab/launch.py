@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 
 from .config import ConfigError, load_config
-from .observe import ABORT_MARKER, write_json_atomic
+from .observe import ABORT_MARKER, read_json, read_jsonl, write_json_atomic
 
 GRACE_AFTER_RESULT_S = 5.0  # how long mpirun may take to exit once rank 0 is done
 GRACE_AFTER_ABORT_S = 3.0  # how long an MPI_Abort may take to end the job
@@ -152,29 +152,6 @@ def end_group(proc: subprocess.Popen, run_dir: Path | None = None) -> None:
         proc.wait(timeout=2)
     except subprocess.TimeoutExpired:
         pass
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    out = []
-    try:
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    try:
-                        out.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        pass  # a rank killed mid-write leaves half a line
-    except FileNotFoundError:
-        pass
-    return out
-
-
-def read_json(path: Path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
 
 
 def merge_events(run_dir: Path) -> list[dict]:

@@ -24,6 +24,8 @@ import os
 import shutil
 from pathlib import Path
 
+from ..observe import read_json, read_jsonl  # noqa: F401  (re-exported for notebooks)
+
 SMALL_FILES = ("summary.json", "metrics.jsonl", "config.yaml")
 EVENT_KINDS_KEPT = None  # keep every event (they are few); rank_started gives start times
 MAX_EVENTS_BYTES = 200_000
@@ -44,29 +46,6 @@ def figures_dir() -> Path:
     """Where figures go: $PSLAB_FIGURES_DIR (tests point it at a temp dir), else results/figures."""
     env = os.environ.get("PSLAB_FIGURES_DIR")
     return Path(env).resolve() if env else results_root() / "figures"
-
-
-def read_json(path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def read_jsonl(path) -> list[dict]:
-    out = []
-    try:
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    try:
-                        out.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        pass  # a rank killed mid-write leaves half a line
-    except FileNotFoundError:
-        pass
-    return out
 
 
 def write_json_atomic(path, obj) -> None:

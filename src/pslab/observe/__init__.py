@@ -28,6 +28,31 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def read_json(path):
+    """A JSON file, or None when it is missing or half-written."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def read_jsonl(path) -> list[dict]:
+    """Records of a JSON-lines file, skipping a last line cut short by a kill."""
+    out = []
+    try:
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    try:
+                        out.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        pass  # a rank killed mid-write leaves half a line
+    except FileNotFoundError:
+        pass
+    return out
+
+
 def _default(o):
     if hasattr(o, "item"):
         return o.item()
