@@ -41,16 +41,9 @@ class Lane:
         self._cur_id: int | None = None
         self._pos = 0
 
-    def add(self, blocks: list[int]) -> None:
-        self.pending.extend(blocks)
-
     def unfinished(self) -> list[int]:
         cur = [self._cur_id] if self._cur_id is not None else []
         return cur + list(self.pending)
-
-    def rows_left(self) -> int:
-        n = 0 if self._cur is None else len(self._cur) - self._pos
-        return n + sum(self.data.block_len(b) for b in self.pending)
 
     def next(self, n: int) -> Rows:
         parts = []
@@ -69,6 +62,3 @@ class Lane:
                 self._cur, self._cur_id = None, None
         return Rows.concat(parts)
 
-
-def steps_in_lanes(rows_per_lane: list[int], per_lane_batch: int) -> int:
-    return max((-(-r // per_lane_batch) for r in rows_per_lane), default=0)

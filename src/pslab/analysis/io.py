@@ -24,7 +24,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..observe import read_json, read_jsonl  # noqa: F401  (re-exported for notebooks)
+from ..observe import json_default, read_json, read_jsonl, write_json_atomic  # noqa: F401  (re-exported)
 
 SMALL_FILES = ("summary.json", "metrics.jsonl", "config.yaml")
 EVENT_KINDS_KEPT = None  # keep every event (they are few); rank_started gives start times
@@ -48,30 +48,14 @@ def figures_dir() -> Path:
     return Path(env).resolve() if env else results_root() / "figures"
 
 
-def write_json_atomic(path, obj) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=_default) + "\n")
-    os.replace(tmp, path)
-
-
 def write_jsonl_atomic(path, rows) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as f:
         for r in rows:
-            f.write(json.dumps(r, default=_default) + "\n")
+            f.write(json.dumps(r, default=json_default) + "\n")
     os.replace(tmp, path)
-
-
-def _default(o):
-    if hasattr(o, "item"):
-        return o.item()
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    return str(o)
 
 
 def _resolve(path) -> Path:

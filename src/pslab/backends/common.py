@@ -51,10 +51,6 @@ class Setup:
         return evaluate(self.model, self.data.test, fetch, self.data.hash_bits)
 
 
-def table_fetch(table):
-    return table.gather
-
-
 def save_model(path, keys: np.ndarray, W: np.ndarray) -> None:
     import os
     order = np.argsort(keys, kind="stable")

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 
+from ..data import Rows
 from ..schedule import Lane
 from ..store import apply_gradient, make_table
 from .common import Setup, save_model
@@ -26,7 +27,7 @@ def run(cfg, comm, rec, make_injector) -> dict:
     for epoch in range(int(cfg.train.epochs)):
         lanes = [Lane(s.data, blocks) for blocks in s.lanes(epoch, n_lanes)]
         while True:
-            rows = type(s.data.test).concat([lane.next(b) for lane in lanes])
+            rows = Rows.concat([lane.next(b) for lane in lanes])
             if len(rows) == 0:
                 break
             t0 = time.perf_counter()

@@ -20,9 +20,10 @@ ABORT_MARKER = "ABORTING.json"
 
 def write_json_atomic(path: Path, obj) -> None:
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=_default)
+        json.dump(obj, f, indent=1, default=json_default)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -53,7 +54,8 @@ def read_jsonl(path) -> list[dict]:
     return out
 
 
-def _default(o):
+def json_default(o):
+    """numpy scalars and arrays as plain JSON."""
     if hasattr(o, "item"):
         return o.item()
     if hasattr(o, "tolist"):
@@ -109,7 +111,7 @@ class Recorder:
                "kind": kind, **fields}
         if self.index is not None:
             rec.setdefault("index", self.index)
-        f.write(json.dumps(rec, default=_default) + "\n")
+        f.write(json.dumps(rec, default=json_default) + "\n")
         f.flush()
         if sync:
             os.fsync(f.fileno())
