@@ -45,6 +45,10 @@ class Lane:
         cur = [self._cur_id] if self._cur_id is not None else []
         return cur + list(self.pending)
 
+    def rows_left(self) -> int:
+        n = 0 if self._cur is None else len(self._cur) - self._pos
+        return n + sum(self.data.block_len(b) for b in self.pending)
+
     def next(self, n: int) -> Rows:
         parts = []
         while n > 0:
