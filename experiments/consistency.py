@@ -11,11 +11,6 @@ the workers' idle (waiting) fraction, the staleness actually served, steps, and 
 and examples until the test log-loss reaches the target (the fault-free BSP final
 log-loss + 1%). OSDI'14 anchors: idle 50% at delay 0 and 1.7% at delay 16; the best
 delay (8) reaches the target 1.6x sooner than synchronous.
-
-Note: train.eval_every is 15, not a divisor of the run's 384 steps. With an evaluation
-due at the very last clock, the PS coordinator (as of commit fbb1e55) starts one more
-evaluation after telling the servers to stop, and its heartbeat check then declares the
-stopped server dead; the run fails after training. 15 avoids that until it is fixed.
 """
 from __future__ import annotations
 

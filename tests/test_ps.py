@@ -175,3 +175,16 @@ def test_stop_and_resume_gives_the_same_model(tmp_path, bsp_2x2):
     assert (k1 == k0).all()
     np.testing.assert_array_equal(W1, W0)
     assert second["test_auc"] == bsp_2x2["test_auc"]
+
+
+# ---------------------------------------------------------------- evaluation schedule
+
+def test_evaluation_due_on_the_last_clock_with_a_straggler(tmp_path):
+    # 32 clocks, an evaluation every 16: the one due at clock 32 used to be left pending
+    # and run after `stop`, so the coordinator waited on stopped servers and aborted.
+    run = launch_into(tmp_path / "ev", 4, "backend=ps", "backend.servers=1", "faults=straggler",
+                      "train.eval_every=16")
+    assert run["status"] == "succeeded", run.summary.get("error")
+    steps = [r["step"] for r in run.metrics() if r.get("kind") == "eval"]
+    assert steps[-1] == run["steps"] == 32
+    assert steps == sorted(set(steps)), f"an evaluation point was taken twice: {steps}"

@@ -129,6 +129,7 @@ class Coordinator:
         self.failovers: list[dict] = []
         self.in_eval = False
         self.eval_due = False
+        self.stopping = False                            # `stop` sent: silence is expected from here
         # the epoch's work, for handing a dead worker's rows (and a straggler's) to others
         self.end = 0                                      # the current epoch's end clock
         self.shift = 0                                    # clocks added to the plan by extensions
@@ -208,11 +209,13 @@ class Coordinator:
     def pump(self, timeout: float) -> None:
         self.client.pump(timeout)
         if self.eval_due and not self.in_eval:
-            self.eval_due = False
             c = self.min_clock()
             self.evaluate(c)
             while self.next_eval <= c:
                 self.next_eval += self.eval_every
+            # Clocks that ticked during the evaluation set eval_due again for the point just
+            # taken: only a point past it is due.
+            self.eval_due = self.next_eval is not None and self.min_clock() >= self.next_eval
 
     def min_clock(self) -> int:
         return min((self.worker_clock[w] for w in self.counted()), default=self.last_min_clock)
@@ -263,6 +266,8 @@ class Coordinator:
     # ------------------------------------------------------------ failures
 
     def check_heartbeats(self) -> None:
+        if self.stopping:
+            return  # stopped ranks fall silent by design; the final-records wait is bounded
         now = time.time()
         members = [self.layout.server_rank(s) for s in self.membership.servers] + \
                   [self.layout.worker_rank(w) for w in self.membership.workers]
@@ -573,6 +578,9 @@ class Coordinator:
 
     def finish(self, clock: int, deadline: float) -> dict:
         train_s = time.time() - self.t_start - self.eval_s  # training only: no evaluation, no gathering
+        # An evaluation that fell due on the last clock is this final one. Left pending, the
+        # pumps below would run it after `stop`, with no server left to answer its pulls.
+        self.eval_due, self.next_eval = False, None
         final = self.evaluate(clock, final=True)
         if self.cfg.run.save_model:
             keys, W = self.gather_model(deadline)
@@ -588,6 +596,7 @@ class Coordinator:
                 due = [c for c in range(self.start_clock + 1, clock + 1) if c % self.every == 0 or c == clock]
             self.wait_for(lambda: all(c in self.manifests for c in due), "checkpoint shards", deadline)
         others = [("server", s) for s in self.membership.servers] + [("worker", w) for w in self.membership.workers]
+        self.stopping = True
         for role, i in others:
             self.van.send(self.rank_of(role, i), P.Msg(P.CTRL, meta={"op": "stop"}))
         try:
