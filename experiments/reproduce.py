@@ -56,6 +56,8 @@ def main(argv=None) -> int:
                 timing.append((name, None, "missing"))
                 continue
             cmd = [sys.executable, str(script), "--preset", args.preset]
+            if name == "success_rate":
+                cmd.append("--fresh")  # it resumes by default; reproducing means every trial again
             if args.dry_run:
                 print("[reproduce] " + " ".join(str(c) for c in cmd), flush=True)
                 if name in ("success_rate", "simulate"):  # no dry-run mode of their own
