@@ -63,11 +63,15 @@ class FM:
         return out
 
     def _parts(self, X, X2, params):
+        """The margin and P = X @ params = [Xw, XV]."""
         P = X @ params  # one sparse product gives [Xw, XV]
-        XV = P[:, 1:]
-        # sum_f (X^2 V^2)_f = X^2 (sum_f V_f^2): one matvec instead of k
-        m = P[:, 0] + 0.5 * ((XV * XV).sum(1) - X2 @ (params[:, 1:] ** 2).sum(1))
-        return m, XV
+        # sum_f (X^2 V^2)_f = X^2 (sum_f V_f^2): one matvec instead of k. Sums over the k
+        # factor columns are products with [0, 1, .., 1]: numpy's sum(1) over rows this
+        # short, or any op on the strided V = params[:, 1:], is several times slower.
+        f = np.ones(self.dim, params.dtype)
+        f[0] = 0
+        m = P[:, 0] + 0.5 * ((P * P) @ f - X2 @ ((params * params) @ f))
+        return m, P
 
     @staticmethod
     def _squared(X):
@@ -80,14 +84,26 @@ class FM:
     def loss_grad(self, batch: Batch, params: np.ndarray):
         X = batch.csr()
         X2 = self._squared(X)
-        m, XV = self._parts(X, X2, params)
+        m, P = self._parts(X, X2, params)
         r = (expit(m) - batch.y).astype(params.dtype)
-        R = np.empty((len(r), self.dim), params.dtype)
+        R = scale_rows(r, P)  # [r, r * XV]
         R[:, 0] = r
-        R[:, 1:] = r[:, None] * XV
         grad = np.asarray(X.T @ R, dtype=params.dtype)  # X.T is CSC: no conversion needed
-        grad[:, 1:] -= (X2.T @ r)[:, None] * params[:, 1:]
+        # d/dv_jf of x_j v_jf (XV)_f - x_j^2 v_jf^2 / 2, summed over rows: the second part
+        # is (X2.T r)_j v_jf. With one-hot rows X2 = X and X2.T r is the w column just computed.
+        c = grad[:, 0] if X2 is X else np.asarray(X2.T @ r, dtype=params.dtype)
+        corr = scale_rows(c, params)
+        corr[:, 0] = 0
+        grad -= corr
         return float(logloss_terms(m, batch.y).sum()), grad
+
+
+def scale_rows(c: np.ndarray, A: np.ndarray) -> np.ndarray:
+    """c[:, None] * A for A of a few columns. numpy runs that broadcast one short row at
+    a time; one flat multiply by c repeated per column is several times faster."""
+    out = np.repeat(c.astype(A.dtype, copy=False), A.shape[1]).reshape(A.shape)
+    out *= A
+    return out
 
 
 def make_model(cfg):

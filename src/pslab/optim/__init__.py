@@ -42,9 +42,17 @@ class AdaGrad:
         return np.full(w0.shape, self.init_acc, w0.dtype)
 
     def update(self, w, state, g):
-        g = g + self.l2 * w
-        state += g * g
-        w -= self.lr * g / (np.sqrt(state) + self.eps)
+        # w -= lr * g / (sqrt(state) + eps), in the same operation order, through two
+        # scratch arrays instead of a temporary per operation (this runs on every step).
+        if self.l2:
+            g = g + self.l2 * w
+        tmp = g * g
+        state += tmp
+        np.sqrt(state, out=tmp)
+        tmp += self.eps
+        step = self.lr * g
+        step /= tmp
+        w -= step
 
 
 class FTRL:
