@@ -84,10 +84,11 @@ def part_messages(reps: int) -> dict | None:
         nbytes = P.HEADER_BYTES + 12 * n
         buf = np.zeros(nbytes, np.uint8)
         # As osu_latency does: timed batches of back-to-back round trips (no barrier
-        # inside a batch), the median over batches.
+        # inside a batch), the median over batches. Bare and van batches alternate, so a
+        # change in the machine's load hits both sides of the ratio alike.
         batch = 50 if n < 1_000_000 else 5
         bare, ours = [], []
-        for r in range(reps + 1):  # the first batch is warm-up
+        for r in range(reps + 1):  # the first batches are warm-up
             comm.Barrier()
             t = time.perf_counter()
             for _ in range(batch):
@@ -99,7 +100,6 @@ def part_messages(reps: int) -> dict | None:
                     comm.Send([buf, MPI.BYTE], other, TAG_BARE)
             if r:
                 bare.append((time.perf_counter() - t) / batch)
-        for r in range(reps + 1):
             comm.Barrier()
             t = time.perf_counter()
             for i in range(batch):

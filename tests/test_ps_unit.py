@@ -53,11 +53,13 @@ def test_adding_a_server_takes_keys_only_for_itself():
     assert 0.1 < moved.mean() < 0.3
 
 
-def test_group_by_server_is_a_partition():
-    owner = HashRing(range(3), 64).route(KEYS64[:1000])
-    g = group_by_server(owner, [0, 1, 2])
+@pytest.mark.parametrize("servers", [3, 12])  # a pass per server up to 8, a stable sort beyond
+def test_group_by_server_is_a_partition(servers):
+    owner = HashRing(range(servers), 64).route(KEYS64[:1000])
+    g = group_by_server(owner, list(range(servers)))
     allpos = np.sort(np.concatenate(list(g.values())))
     assert (allpos == np.arange(1000)).all()
+    assert all((np.diff(pos) > 0).all() for pos in g.values())  # each in key order
     for s, pos in g.items():
         assert (owner[pos] == s).all()
 
@@ -113,6 +115,17 @@ def test_message_round_trip_with_every_switch_and_pieces():
     assert P.decode_buffers(P.encode(big, fp16=True)[0], 0).vals[0, 0] == 1e6
     ctrl = P.Msg(P.CTRL, meta={"op": "assign", "blocks": [3, 1]})
     assert P.decode_buffers(P.encode(ctrl)[0], 0).meta == ctrl.meta
+
+
+def test_decoded_arrays_view_the_received_buffer_even_unaligned():
+    keys = np.array([3, 5, 1000], np.uint64)  # delta + varint: 10 key bytes, values start unaligned
+    vals = np.arange(6, dtype=np.float32).reshape(3, 2)
+    bufs, _ = P.encode(P.Msg(P.PUSH, keys=keys, vals=vals, meta={"x": 1}), delta=True)
+    m = P.decode_buffers(bufs, 0)
+    assert (m.keys == keys).all() and (m.vals == vals).all() and m.meta == {"x": 1}
+    assert int(P.header_of(bufs[0])[P.H_KBYTES]) % 4  # the case that matters: misaligned floats
+    plain = P.decode_buffers(P.encode(P.Msg(P.PUSH, keys=keys, vals=vals))[0], 0)
+    assert not plain.keys.flags.owndata and (plain.vals == vals).all()
 
 
 def test_key_caches_evict_in_step():

@@ -35,3 +35,28 @@ def test_dense_table_refuses_unfolded_keys():
     t = DenseTable(16, LR(), SGD())
     with pytest.raises(ValueError, match="data.hash_bits"):
         t.slots(np.array([2**40], np.uint64))
+
+
+@pytest.mark.parametrize("kind", ["random", "sequential", "high_bits"])
+def test_key_index_large_batches_and_growth(kind):
+    """Batches big enough for the vectorized probe rounds, keys that share their low bits,
+    growth in the middle of an insert, and misses mixed with hits."""
+    rng = np.random.default_rng(1)
+    n = 60_000
+    base = {"random": rng.integers(0, 2**64 - 2, n, dtype=np.uint64),
+            "sequential": np.arange(n, dtype=np.uint64),
+            "high_bits": np.arange(n, dtype=np.uint64) << np.uint64(44)}[kind]
+    keys = np.unique(base)
+    rng.shuffle(keys)
+    ki = KeyIndex(capacity=16)
+    first, new = ki.insert(keys[: n // 3])
+    assert new.all() and (first == np.arange(n // 3)).all()  # slots in insertion order
+    slots, new = ki.insert(keys)  # a third known, the rest new: grows while inserting
+    assert (slots[: n // 3] == first).all() and not new[: n // 3].any() and new[n // 3:].all()
+    assert (slots[n // 3:] == np.arange(n // 3, len(keys))).all()
+    assert len(ki) == len(keys) and len(np.unique(slots)) == len(keys)
+    assert (ki.lookup(keys) == slots).all()
+    absent = np.setdiff1d(rng.integers(0, 2**64 - 2, 5000, dtype=np.uint64), keys)
+    mixed = np.concatenate([absent, keys[::7]])
+    assert (ki.lookup(mixed) == np.concatenate([np.full(len(absent), -1), slots[::7]])).all()
+    assert (ki.keys_by_slot() == keys).all()

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ...store import put_rows, take_rows
 from . import protocol as P
 from .hashring import group_by_server
 
@@ -120,7 +121,7 @@ class KVClient:
         groups = group_by_server(ring.route(keys), ring.servers) if len(keys) else {}
         out = {}
         for s, pos in groups.items():
-            k = keys[pos]
+            k = np.take(keys, pos)
             if self.van.delta:  # delta coding wants each server's list sorted
                 o = np.argsort(k, kind="stable")
                 pos, k = pos[o], k[o]
@@ -210,7 +211,7 @@ class KVClient:
                 # Filter only when the rows left out outweigh the bit mask that names them.
                 if kp is not None and (len(kp) - int(kp.sum())) * grad.shape[1] * 2 <= len(kp) // 8:
                     kp = None
-                msg = P.Msg(P.PUSH, clock=clock, keys=k, vals=grad[pos], rows=rows, keep=kp,
+                msg = P.Msg(P.PUSH, clock=clock, keys=k, vals=take_rows(grad, pos), rows=rows, keep=kp,
                             gen=self.membership.gen, meta=meta)
             else:
                 msg = P.Msg(P.PUSH, clock=clock, rows=rows, gen=self.membership.gen, meta=meta)
@@ -229,7 +230,7 @@ class KVClient:
             if req is None:
                 return
             if msg.cmd == P.PULL_REPLY and p.pos is not None and len(p.pos):
-                req.out[p.pos] = msg.vals
+                put_rows(req.out, p.pos, msg.vals)
             elif msg.cmd == P.PUSH_ACK and self.on_ack is not None and p.msg.keys is not None:
                 n = len(p.msg.keys) if p.msg.keep is None else int(p.msg.keep.sum())
                 self.on_ack(p.server, p.msg.clock, n)

@@ -10,7 +10,7 @@ Routing must not loop over keys in Python. A key's position is its top RING_BITS
 after a Fibonacci multiply (one multiply spreads both 64-bit hashes and small folded
 keys); `np.searchsorted` of every position against the sorted points, done once per ring,
 gives a table position -> owner, so routing a batch is one multiply, one shift and one
-gather (~3 ms for 1M keys, against ~40 ms for a searchsorted per key).
+gather (~2 ms for 1M keys, against ~40 ms for a searchsorted per key).
 """
 from __future__ import annotations
 
@@ -23,9 +23,12 @@ _FIB = np.uint64(0x9E3779B97F4A7C15)
 
 
 def positions(keys: np.ndarray) -> np.ndarray:
-    k = np.asarray(keys, np.uint64)
+    """Ring positions as int64 (numpy indexes faster with its own index type than with
+    uint64, which it would convert first)."""
     with np.errstate(over="ignore"):
-        return (k * _FIB) >> np.uint64(64 - RING_BITS)
+        p = np.asarray(keys, np.uint64) * _FIB
+    p >>= np.uint64(64 - RING_BITS)
+    return p.view(np.int64)
 
 
 class HashRing:
@@ -72,11 +75,11 @@ class HashRing:
 
     def route(self, keys: np.ndarray) -> np.ndarray:
         """Owner server id per key (int16), vectorized."""
-        return self.table[positions(keys)]
+        return np.take(self.table, positions(keys))
 
     def replicas(self, keys: np.ndarray) -> np.ndarray:
         """(n, R) server ids: owner first, then the next distinct servers on the ring."""
-        return self.succ[self.slot_of_pos[positions(keys)]]
+        return np.take(self.succ, np.take(self.slot_of_pos, positions(keys)), axis=0)
 
     def without(self, server: int) -> "HashRing":
         return HashRing([s for s in self.servers if s != server], self.virtual_nodes, self.replication)
@@ -88,7 +91,15 @@ class HashRing:
 
 
 def group_by_server(owner: np.ndarray, servers) -> dict[int, np.ndarray]:
-    """Positions of the keys of each server: a stable counting sort on small ids, O(n)."""
+    """Positions of the keys of each server, in key order. Up to a few servers one
+    comparison pass per server is several times faster than a stable sort of the ids."""
+    if len(servers) <= 8:
+        out = {}
+        for s in servers:
+            pos = np.flatnonzero(owner == s)
+            if len(pos):
+                out[s] = pos
+        return out
     order = np.argsort(owner, kind="stable")
     counts = np.bincount(owner.astype(np.int64), minlength=max(servers) + 1)
     ends = np.cumsum(counts)

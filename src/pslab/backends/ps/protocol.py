@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import struct
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -191,22 +191,22 @@ class RecvCache:
 
 # ---------------------------------------------------------------- encode / decode
 
-@dataclass
 class Sizes:
     """Bytes of one message as sent, and as it would have been without each switch
     (the others as configured): the run summary's compression factors are sums of these."""
-    wire: int = 0
-    raw: int = 0
-    without: dict = field(default_factory=dict)
+    __slots__ = ("raw", "wire", "without")
+
+    def __init__(self, wire: int = 0, raw: int = 0, without: dict | None = None):
+        self.wire, self.raw = wire, raw
+        self.without = {} if without is None else without
 
 
 _HEAD = struct.Struct(f"<{HEADER_LEN}q")
-_EMPTY = memoryview(b"")
 
 
-def _bytes(a: np.ndarray) -> memoryview:
-    """A flat byte view of an array, no copy (copying only if it is not contiguous)."""
-    return memoryview(np.ascontiguousarray(a)).cast("B")
+def _bytes(a) -> memoryview:
+    """A flat byte view of a contiguous array or bytes, no copy."""
+    return memoryview(a).cast("B")
 
 
 def encode(msg: Msg, fp16: bool = False, delta: bool = False, cache: SendCache | None = None,
@@ -216,8 +216,7 @@ def encode(msg: Msg, fp16: bool = False, delta: bool = False, cache: SendCache |
     the payload's pieces (H_NCHUNKS of them, views of the caller's arrays)."""
     keys, vals, keep = msg.keys, msg.vals, msg.keep
     n_full = len(keys) if keys is not None else (0 if vals is None else len(vals))
-    n_vals = n_full if keep is None else int(keep.sum())
-    kcodec, kb, cid, bpk, cache_hit = K_NONE, _EMPTY, -1, 8.0, False
+    kcodec, kpart, cid, bpk, cache_hit = K_NONE, None, -1, 8.0, False
     nkeys = n_full  # keys on the wire (for a cached list: its full length)
     if keys is not None:
         if cache is not None and n_full == 0:
@@ -229,19 +228,21 @@ def encode(msg: Msg, fp16: bool = False, delta: bool = False, cache: SendCache |
             kcodec = K_CACHED
             if keep is not None:
                 kcodec |= K_MASK
-                kb = _bytes(np.packbits(keep))
+                kpart = np.packbits(keep)
         else:
             sent = keys if keep is None else keys[keep]
             nkeys = len(sent)
-            kcodec, kbytes = encode_keys(sent, delta)
-            kb = _bytes(kbytes)
-            bpk = len(kb) / max(1, len(sent))
+            if delta:
+                kcodec, kpart = encode_keys(sent, True)
+            else:
+                kcodec, kpart = K_RAW, np.ascontiguousarray(sent, np.uint64)
+            bpk = kpart.nbytes / max(1, nkeys)
             if cache is not None and keep is None:
                 cid = cache.store(keys, bpk)
                 kcodec |= K_STORE
             else:
                 cid = -1
-    vb, vcodec, dim = _EMPTY, V_F32, 0
+    vpart, vcodec, dim = None, V_F32, 0
     if vals is not None:
         v = vals if keep is None else vals[keep]  # vals come full length; only the kept rows travel
         if fp16:
@@ -254,24 +255,31 @@ def encode(msg: Msg, fp16: bool = False, delta: bool = False, cache: SendCache |
         if not fp16 and v.dtype != np.float32:
             v = v.astype(np.float32)
         dim = v.shape[1] if v.ndim == 2 else 1
-        vb = _bytes(v)
-    mb = memoryview(json.dumps(msg.meta, separators=(",", ":")).encode()) if msg.meta else _EMPTY
-    payload = len(kb) + len(vb) + len(mb)
+        vpart = np.ascontiguousarray(v)
+    mpart = json.dumps(msg.meta, separators=(",", ":")).encode() if msg.meta else None
+    kn = 0 if kpart is None else kpart.nbytes
+    vn = 0 if vpart is None else vpart.nbytes
+    mn = 0 if mpart is None else len(mpart)
+    payload = kn + vn + mn
     if fp16 or delta or cache is not None or keep is not None:
-        sizes = _sizes(HEADER_BYTES, len(mb), n_full, n_vals, dim, len(vb), len(kb), fp16, delta,
-                       cache is not None, cache_hit, keep is not None, bpk, keys is not None)
+        sizes = _sizes(HEADER_BYTES, mn, n_full, n_vals=n_full if keep is None else int(keep.sum()), dim=dim,
+                       vb=vn, kb=kn, fp16=fp16, delta=delta, cache_on=cache is not None, cache_hit=cache_hit,
+                       filtered=keep is not None, bpk=bpk, has_keys=keys is not None)
     else:
-        sizes = Sizes(wire=HEADER_BYTES + payload, raw=HEADER_BYTES + payload)
-    fields = [MAGIC, msg.cmd, msg.req, msg.clock, nkeys, dim, kcodec, vcodec, cid, msg.rows,
-              len(kb), len(vb), len(mb), 0, 0, msg.gen]
+        sizes = Sizes(HEADER_BYTES + payload, HEADER_BYTES + payload)
+    parts = [x for x in (kpart, vpart, mpart) if x is not None and len(x)]
     if payload <= inline_max:
         # Small: one buffer, one MPI message (latency is what counts here).
-        return [b"".join((_HEAD.pack(*fields), kb, vb, mb))], sizes
+        head = _HEAD.pack(MAGIC, msg.cmd, msg.req, msg.clock, nkeys, dim, kcodec, vcodec, cid, msg.rows,
+                          kn, vn, mn, 0, 0, msg.gen)
+        return [b"".join((head, *parts))], sizes
     # Large: the header announces the pieces, which then go straight from the arrays
     # (no copy), each below chunk_bytes, so no MPI count ever nears 2^31.
-    pieces = [part[a:a + chunk_bytes] for part in (kb, vb, mb) for a in range(0, len(part), chunk_bytes)]
-    fields[H_CHUNK], fields[H_NCHUNKS] = chunk_bytes, len(pieces)
-    return [_HEAD.pack(*fields)] + pieces, sizes
+    views = [_bytes(x) for x in parts]
+    pieces = [b[a:a + chunk_bytes] for b in views for a in range(0, len(b), chunk_bytes)]
+    head = _HEAD.pack(MAGIC, msg.cmd, msg.req, msg.clock, nkeys, dim, kcodec, vcodec, cid, msg.rows,
+                      kn, vn, mn, chunk_bytes, len(pieces), msg.gen)
+    return [head] + pieces, sizes
 
 
 def piece_bounds(kb: int, vb: int, mb: int, chunk_bytes: int) -> list[tuple[int, int]]:
@@ -323,33 +331,37 @@ def payload_size(h) -> int:
     return h[H_KBYTES] + h[H_VBYTES] + h[H_MBYTES]
 
 
-def decode(h: tuple, payload: np.ndarray, src: int, cache: RecvCache | None = None) -> Msg:
-    """A message from its header and its whole payload (views, no copies, except
-    float16 values, which come back as float32)."""
+def decode(h: tuple, buf, src: int, cache: RecvCache | None = None, off: int = 0) -> Msg:
+    """A message from its header and the buffer holding its whole payload from byte
+    `off` on (arrays are views into it, no copies, except float16 values, which come back
+    as float32)."""
     kcodec, vcodec, nkeys, dim = h[H_KCODEC], h[H_VCODEC], h[H_NKEYS], h[H_DIM]
     kb, vb, mb = h[H_KBYTES], h[H_VBYTES], h[H_MBYTES]
     keys, keep = None, None
     base = kcodec & 15
-    kpart = payload[:kb] if kb else None
-    if base == K_CACHED:
+    if base == K_RAW:
+        keys = np.ndarray(nkeys, np.uint64, buf, off)
+    elif base == K_CACHED:
         if cache is None:
             raise ValueError(f"rank {src} sent a cached key list, but key caching is off here")
         keys = cache.get(src, h[H_CACHE])
         if kcodec & K_MASK:
-            keep = np.unpackbits(kpart, count=len(keys)).astype(bool)
+            keep = np.unpackbits(np.ndarray(kb, np.uint8, buf, off), count=len(keys)).astype(bool)
     elif base != K_NONE:
-        keys = decode_keys(base, kpart, nkeys)
-        if kcodec & K_STORE and cache is not None:
-            cache.store(src, h[H_CACHE], keys)
+        keys = decode_keys(base, np.ndarray(kb, np.uint8, buf, off), nkeys)
+    if kcodec & K_STORE and cache is not None:
+        cache.store(src, h[H_CACHE], keys)
     vals = None
     if dim:
-        v = payload[kb:kb + vb].view(np.float16 if vcodec == V_F16 else np.float32)
-        vals = (v.astype(np.float32) if vcodec == V_F16 else v).reshape(-1, dim)
+        if vcodec == V_F16:
+            vals = np.ndarray((vb // (2 * dim), dim), np.float16, buf, off + kb).astype(np.float32)
+        else:
+            vals = np.ndarray((vb // (4 * dim), dim), np.float32, buf, off + kb)
     if keep is not None:
         keys = keys[keep]
-    meta = json.loads(payload[kb + vb:kb + vb + mb].tobytes()) if mb else None
-    return Msg(cmd=h[H_CMD], req=h[H_REQ], clock=h[H_CLOCK], keys=keys, vals=vals, rows=h[H_ROWS], meta=meta,
-               gen=h[H_GEN], src=src, nbytes=HEADER_BYTES + kb + vb + mb)
+    meta = json.loads(bytes(buf[off + kb + vb:off + kb + vb + mb])) if mb else None
+    return Msg(h[H_CMD], h[H_REQ], h[H_CLOCK], keys, vals, h[H_ROWS], meta, h[H_GEN], None, src,
+               HEADER_BYTES + kb + vb + mb)
 
 
 def decode_buffers(bufs: list, src: int, cache: RecvCache | None = None) -> Msg:
@@ -357,7 +369,7 @@ def decode_buffers(bufs: list, src: int, cache: RecvCache | None = None) -> Msg:
     first = np.frombuffer(bufs[0], np.uint8)
     h = header_of(first)
     if h[H_NCHUNKS] == 0:
-        return decode(h, first[HEADER_BYTES:], src, cache)
+        return decode(h, first, src, cache, HEADER_BYTES)
     payload = np.empty(payload_size(h), np.uint8)
     for (a, b), piece in zip(piece_bounds(h[H_KBYTES], h[H_VBYTES], h[H_MBYTES], h[H_CHUNK]), bufs[1:]):
         payload[a:b] = np.frombuffer(piece, np.uint8)

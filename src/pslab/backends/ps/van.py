@@ -1,9 +1,10 @@
 """The transport (ps-lite's Van): protocol messages over MPI point-to-point, nothing else.
 
-- Only uppercase (buffer) mpi4py calls: Isend of uint8 buffers, Improbe + Irecv into a
-  buffer sized from the probe (and, for a large message, Irecv of its pieces straight
-  into one payload buffer). Sends are non-blocking; their buffers stay referenced until
-  MPI says they are done.
+- Only uppercase (buffer) mpi4py calls: Isend of byte buffers, Improbe then a receive
+  into a buffer sized from the probe: a blocking matched Recv for a message below the
+  eager limit (it is already here whole), Irecv otherwise (and, for a large message,
+  Irecv of its pieces straight into one payload buffer). Sends are non-blocking; their
+  buffers stay referenced until MPI says they are done.
 - Nothing blocks without a deadline: receiving is polling (Improbe), first yielding the
   core between probes, then sleeping in doubling steps up to `max_sleep_s`, because on
   an oversubscribed machine a spinning rank steals the core a computing rank needs.
@@ -25,6 +26,7 @@ from . import protocol as P
 
 DATA_KINDS = ("pull", "pull_reply", "push")  # the traffic the compression switches act on
 HOT_S = 50e-6                                 # polling without yielding, at the start of a wait
+SMALL_RECV = 2048                             # bytes: well below any BTL's eager limit (sm: 4 KiB)
 
 
 class Van:
@@ -63,10 +65,13 @@ class Van:
         for b in bufs:
             try:
                 req = self.comm.Isend([b, MPI.BYTE], dest, P.TAG)
+                # A small message is usually copied out at once (eager): then there is
+                # nothing to keep, and later polls have no send to test.
+                if not req.Test():
+                    self.sending.append((req, b, dest))
             except MPI.Exception as e:  # ULFM: the peer is known dead
                 self._failure(e, [])
                 return 0
-            self.sending.append((req, b, dest))
         self.rec.acct.sent(kind, sizes.wire, len(bufs))
         if kind in DATA_KINDS:
             self.data_wire += sizes.wire
@@ -122,31 +127,34 @@ class Van:
                 break
             src, n = self.status.Get_source(), self.status.Get_count(MPI.BYTE)
             buf = np.empty(n, np.uint8)
-            req = m.Irecv([buf, MPI.BYTE])
             try:
-                arrived = req.Test()  # small ones are done at once
+                if n <= SMALL_RECV:
+                    # Below every transport's eager limit the probed message is here whole:
+                    # a blocking receive cannot wait, and costs less than Irecv + Test.
+                    m.Recv([buf, MPI.BYTE])
+                elif not self._complete([m.Irecv([buf, MPI.BYTE])], src, out):
+                    continue
             except MPI.Exception as e:  # the sender died mid-message (ULFM)
                 if self._failure(e, out):
                     continue
                 raise
-            if not arrived and not self._complete([req], src, out):
-                continue
             h = P.header_of(buf)
-            pieces = int(h[P.H_NCHUNKS])
+            pieces = h[P.H_NCHUNKS]
             if pieces == 0:
-                payload = buf[P.HEADER_BYTES:]
-            else:
-                # The pieces are the next messages from src on this tag: receive them now,
-                # straight into one payload buffer.
-                payload = np.empty(P.payload_size(h), np.uint8)
-                bounds = P.piece_bounds(int(h[P.H_KBYTES]), int(h[P.H_VBYTES]), int(h[P.H_MBYTES]),
-                                        int(h[P.H_CHUNK]))
-                reqs = [self.comm.Irecv([payload[a:b], MPI.BYTE], src, P.TAG) for a, b in bounds]
-                if not self._complete(reqs, src, out):
-                    continue
-            self.recv_bytes += n + len(payload) * (pieces > 0)
+                self.recv_bytes += n
+                out.append(P.decode(h, buf, src, self.recv_cache, P.HEADER_BYTES))
+                continue
+            # The pieces are the next messages from src on this tag: receive them now,
+            # straight into one payload buffer.
+            payload = np.empty(P.payload_size(h), np.uint8)
+            bounds = P.piece_bounds(h[P.H_KBYTES], h[P.H_VBYTES], h[P.H_MBYTES], h[P.H_CHUNK])
+            reqs = [self.comm.Irecv([payload[a:b], MPI.BYTE], src, P.TAG) for a, b in bounds]
+            if not self._complete(reqs, src, out):
+                continue
+            self.recv_bytes += n + len(payload)
             out.append(P.decode(h, payload, src, self.recv_cache))
-        self._progress_sends()
+        if self.sending:
+            self._progress_sends()
         return out
 
     def _complete(self, reqs: list, src: int, out: list, timeout: float = 30.0) -> bool:
