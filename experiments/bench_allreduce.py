@@ -11,13 +11,16 @@ gradient of a realistic minibatch: 1024 synthetic CTR rows (39 power-law keys ea
 `data=synthetic`) folded into 2^b keys: 17-20k touched keys per rank. For every
 model size it times, interleaved repeat by repeat after a warm-up, with a Barrier before
 each and the slowest rank's time counted:
-  bare    MPI.COMM_WORLD.Allreduce(IN_PLACE, buf) of the backend's buffer (2^b + 2 float32)
-  dense   DenseExchange: scatter the rank's rows into the buffer, the touched-key bitmap
-          Allreduce (BOR), the gradient Allreduce, reading back and re-zeroing the union
+  bare    MPI.COMM_WORLD.Allreduce(IN_PLACE, buf) of the backend's gradient buffer (2^b float32)
+  dense   DenseExchange: write the rank's rows into the buffer, a 24-byte Allreduce of (loss,
+          rows, touched keys), [the touched-key bitmap Allreduce (BOR), models > 2^21
+          cells only], the gradient Allreduce, finding the union of the touched keys (signed
+          zeros or bitmap), reading back and re-zeroing the union's rows
   sparse  SparseExchange: Allgather of counts, Allgatherv of (key, value) records, union and sums
 and prints medians and the ratios dense/bare and sparse/bare (target for dense: <= 1.2),
-the share of the dense exchange spent inside its two MPI calls (MPI/bare), and the ratio
-of the fastest repeats (less sensitive to other jobs on a shared machine).
+the share of the dense exchange spent inside its MPI calls (MPI/bare), the time outside
+MPI (numpy: packing, the union, unpacking), and the ratio of the fastest repeats (less
+sensitive to other jobs on a shared machine).
 
 Part 2 (end to end). `python -m pslab.launch -n N backend=allreduce` on synthetic data
 (65,536 rows, 2 epochs, 2^20 keys, global batch 4096, LR) for N = 1, 2, 4, dense and
@@ -47,9 +50,12 @@ sys.path.insert(0, str(ROOT / "src"))
 
 
 def batch_keys(rank: int, bits: int, rows: int = 1024) -> np.ndarray:
+    """A minibatch's unique folded keys in order of first appearance, as the trainer's
+    deduplication hands them to the exchange (not sorted)."""
     from pslab.data.synthetic import make_block
-    b = make_block(1000 + rank, rows=rows, nnz=39, n_keys=1 << 22, alpha=1.0, seed=0)
-    return np.unique(b.fold(bits).keys)
+    keys = make_block(1000 + rank, rows=rows, nnz=39, n_keys=1 << 22, alpha=1.0, seed=0).fold(bits).keys
+    first = np.unique(keys, return_index=True)[1]
+    return keys[np.sort(first)]
 
 
 def timed(comm, fn, ex=None) -> tuple[float, float]:
@@ -95,13 +101,15 @@ def worker(args) -> None:
         if comm.rank == 0:
             med = {k: float(np.median(v)) for k, v in times.items()}
             med_mpi = {k: float(np.median(v)) for k, v in mpi.items()}
+            outside = float(np.median(np.array(times["dense"]) - np.array(mpi["dense"])))
             best = {k: float(np.min(v)) for k, v in times.items()}
             print(json.dumps({"ranks": comm.size, "bits": bits, "params": n, "repeats": reps,
                               "touched_per_rank": int(union[0]) // comm.size, "union": int(union[1]),
                               "bare_s": med["bare"], "dense_s": med["dense"], "sparse_s": med["sparse"],
                               "dense_ratio": med["dense"] / med["bare"], "sparse_ratio": med["sparse"] / med["bare"],
                               "dense_mpi_s": med_mpi["dense"], "sparse_mpi_s": med_mpi["sparse"],
-                              "dense_mpi_ratio": med_mpi["dense"] / med["bare"],
+                              "dense_mpi_ratio": med_mpi["dense"] / med["bare"], "dense_outside_mpi_s": outside,
+                              "dense_union": "bitmap" if dense.words is not None else "signed zeros",
                               "best_bare_s": best["bare"], "best_dense_s": best["dense"],
                               "best_sparse_s": best["sparse"], "best_dense_ratio": best["dense"] / best["bare"],
                               "bytes_buffer": int(dense.buffer_bytes), "bytes_bitmap": int(dense.bitmap_bytes)}),
@@ -175,6 +183,21 @@ def e2e_bench(args) -> list[dict]:
     return out
 
 
+def print_exchange(rows: list[dict]) -> None:
+    print("\nGradient exchange per step, median over repeats (slowest rank), LR (1 float32 per key)")
+    print("dense = whole exchange (pack, meta [+ bitmap] + gradient Allreduce, union, unpack); MPI = its MPI calls")
+    print("only; numpy = the rest (median of dense - MPI per repeat); union = how dense finds the touched keys;")
+    print("best = ratio of the fastest repeats (less sensitive to other jobs on the machine than the medians)")
+    print(f"{'N':>2} {'params':>7} {'touched':>8} {'union':>7} {'bare ms':>8} {'dense ms':>9} {'dense/bare':>10} "
+          f"{'MPI/bare':>8} {'numpy ms':>8} {'union by':>12} {'sparse ms':>9} {'sparse/bare':>11} "
+          f"{'best dense/bare':>15}")
+    for r in rows:
+        print(f"{r['ranks']:>2} {'2^%d' % r['bits']:>7} {r['touched_per_rank']:>8} {r['union']:>7} "
+              f"{1e3 * r['bare_s']:>8.3f} {1e3 * r['dense_s']:>9.3f} {r['dense_ratio']:>10.2f} "
+              f"{r['dense_mpi_ratio']:>8.2f} {1e3 * r['dense_outside_mpi_s']:>8.3f} {r['dense_union']:>12} "
+              f"{1e3 * r['sparse_s']:>9.3f} {r['sparse_ratio']:>11.2f} {r['best_dense_ratio']:>15.2f}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -192,16 +215,8 @@ def main() -> int:
         return 0
     load0 = os.getloadavg()
     rows = [] if args.skip_exchange else exchange_bench(args)
-    print("\nGradient exchange per step, median over repeats (slowest rank), LR (1 float32 per key)")
-    print("dense = whole exchange (pack, bitmap + gradient Allreduce, unpack); MPI = its two MPI calls only;")
-    print("best = ratio of the fastest repeats (less sensitive to other jobs on the machine than the medians)")
-    print(f"{'N':>2} {'params':>7} {'touched':>8} {'union':>7} {'bare ms':>8} {'dense ms':>9} {'dense/bare':>10} "
-          f"{'MPI/bare':>8} {'sparse ms':>9} {'sparse/bare':>11} {'best dense/bare':>15}")
-    for r in rows:
-        print(f"{r['ranks']:>2} {'2^%d' % r['bits']:>7} {r['touched_per_rank']:>8} {r['union']:>7} "
-              f"{1e3 * r['bare_s']:>8.3f} {1e3 * r['dense_s']:>9.3f} {r['dense_ratio']:>10.2f} "
-              f"{r['dense_mpi_ratio']:>8.2f} {1e3 * r['sparse_s']:>9.3f} {r['sparse_ratio']:>11.2f} "
-              f"{r['best_dense_ratio']:>15.2f}")
+    if rows:
+        print_exchange(rows)
     e2e = []
     if not args.skip_e2e:
         e2e = e2e_bench(args)

@@ -18,8 +18,8 @@ import numpy as np
 import psutil
 import pytest
 
-from pslab.backends.allreduce import DenseExchange, bitmap_keys, make_exchange, ring_allgather_bytes, \
-    ring_allreduce_bytes
+from pslab.backends.allreduce import SCAN_MAX_CELLS, DenseExchange, bitmap_keys, make_exchange, \
+    ring_allgather_bytes, ring_allreduce_bytes
 from pslab.backends.elastic import Plan, Stream, split_batch
 from pslab.data import Dataset, Deduper, Rows
 from pslab.observe import Accounting
@@ -95,14 +95,59 @@ def test_plan_hands_a_dead_members_rows_to_the_survivors():
     assert moved2 == moved and [s.segs for s in again.streams] == [s.segs for s in new.streams]  # deterministic
 
 
-@pytest.mark.parametrize("n,touched", [(1, 1), (8, 3), (63, 20), (64, 64), (65, 1), (1000, 300), (1 << 16, 20000),
-                                       (1 << 16, 50), (1 << 20, 3000)])
+@pytest.mark.parametrize("n,touched", [(1, 0), (1, 1), (8, 3), (63, 20), (64, 64), (65, 1), (1000, 300),
+                                       (1 << 16, 20000), (1 << 16, 50), (1 << 20, 3000), (1 << 20, 60000),
+                                       (1 << 20, 400000), (1 << 24, 40000)])
 def test_bitmap_keys_reads_back_the_set_bits(n, touched):
+    """Dense bitmaps are unpacked whole, sparse ones peeled bit by bit (words with up to 64
+    bits set included): both must give every set bit once, in the same order on every call."""
     keys = np.unique(np.random.default_rng(n).integers(0, n, touched))
+    if touched > 1000:
+        keys = np.union1d(keys, np.arange(640, 640 + 200))  # a run of full words
     words = np.zeros(-(-n // 64), np.uint64)
     np.bitwise_or.at(words, keys >> 6, np.uint64(1) << (keys & 63).astype(np.uint64))
-    got, nz = bitmap_keys(words)
-    assert np.array_equal(got, keys) and np.array_equal(nz, np.flatnonzero(words))
+    got = bitmap_keys(words)
+    assert got.dtype == np.int64 and len(got) == len(keys) and np.array_equal(np.sort(got), keys)
+    assert np.array_equal(bitmap_keys(words.copy()), got)
+
+
+@pytest.mark.parametrize("n,dim", [(100, 1), (1 << 16, 1), (1 << 16, 3), ((1 << 20) + 64, 1), (1 << 20, 4),
+                                   (1 << 21, 2)])
+def test_dense_exchange_on_one_rank_returns_the_touched_rows_and_leaves_zeros(n, dim):
+    """One rank (COMM_SELF): the exchange must hand back exactly the keys it was given,
+    with their rows (also all-zero ones, +0.0 or -0.0), and leave buffer, bitmap and flags
+    clean for the next step: signed zeros (up to SCAN_MAX_CELLS cells) and the bitmap
+    (with and without bool flags), the whole-array path (large unions) and the per-key one."""
+    from mpi4py import MPI
+    rng = np.random.default_rng(n + dim)
+    ex = DenseExchange(n, dim, Accounting())
+    assert ex.signed_zeros == (n * dim <= SCAN_MAX_CELLS)
+    for touched in (0, 5, n // 3, n // 50):
+        keys = rng.permutation(n)[:touched].astype(np.uint64)
+        grad = rng.standard_normal((touched, dim)).astype(np.float32)
+        grad[: touched // 4] = 0.0
+        grad[touched // 4: touched // 3] = -0.0
+        union, g, rows, loss = ex(MPI.COMM_SELF, keys, grad, 7, 1.5)
+        order, want = np.argsort(union), np.argsort(keys)
+        assert np.array_equal(union[order], keys[want]) and np.array_equal(g[order], grad[want])
+        assert (rows, loss) == (7, 1.5) and ex.last_union == touched
+        assert np.array_equal(ex.flat.view(np.uint32), np.full(n * dim, ex.zero).view(np.uint32))
+        assert (ex.words is None or not ex.words.any()) and (ex.flags is None or not ex.flags.any())
+
+
+class PlusZeroSum:
+    """A one-rank communicator whose SUM starts from +0.0, as no MPI algorithm does."""
+    size, rank = 1, 0
+
+    def Allreduce(self, _inplace, buf, op):
+        buf += 0.0
+
+
+def test_dense_exchange_notices_an_mpi_that_loses_signed_zeros():
+    ex = DenseExchange(1000, 1, Accounting())
+    keys = np.arange(10, dtype=np.uint64)
+    with pytest.raises(RuntimeError, match="SCAN_MAX_CELLS"):
+        ex(PlusZeroSum(), keys, np.ones((10, 1), np.float32), 1, 0.0)
 
 
 def test_ring_arithmetic():
@@ -118,8 +163,12 @@ def test_dense_needs_folded_keys():
         make_exchange("dense", None, 1, Accounting())
     with pytest.raises(ValueError, match="dense or sparse"):
         make_exchange("ring", 1 << 8, 1, Accounting())
-    ex = DenseExchange(1 << 10, 9, Accounting())
-    assert ex.buffer_bytes == ((1 << 10) * 9 + 2) * 4 and ex.bitmap_bytes == (1 << 10) // 8
+    ex = DenseExchange(1 << 10, 9, Accounting())  # small: signed zeros, no bitmap
+    assert ex.buffer_bytes == (1 << 10) * 9 * 4 and ex.bitmap_bytes == 0
+    ex = DenseExchange(1 << 22, 1, Accounting())  # large: a touched-key bitmap
+    assert ex.buffer_bytes == (1 << 22) * 4 and ex.bitmap_bytes == (1 << 22) // 8
+    assert ex.step_bytes(4) == {"allreduce_meta": 36, "allreduce_touched": 3 * (1 << 22) // 16,
+                                "allreduce_grad": 6 * (1 << 22)}
 
 
 # -- MPI runs ---------------------------------------------------------------------------
@@ -183,16 +232,17 @@ def test_dense_lr_on_4_ranks_matches_local_and_counts_its_bytes(run):
     assert abs(r["test_auc"] - ref["test_auc"]) < 1e-4
     assert (r["workers"], r["servers"], r["consistency"], r["ranks_alive_end"]) == (4, 0, "bsp", 4)
     # Bytes: a ring Allreduce of the whole buffer, whatever the batch: 2(N-1)/N x the
-    # gradient buffer (2^18 float32 + 2 cells) plus the same of the touched bitmap (2^18/8 bytes).
-    buf, bitmap = (2 ** 18 + 2) * 4, 2 ** 18 // 8
-    assert r["grad_buffer_bytes"] == buf and r["touched_bitmap_bytes"] == bitmap
-    per_step = 2 * 3 * buf // 4 + 2 * 3 * bitmap // 4
+    # gradient buffer (2^18 float32; the union travels in it as signed zeros, no bitmap at
+    # this size) plus the same of the (loss, rows, touched keys) float64 triple.
+    buf, meta = 2 ** 18 * 4, 3 * 8
+    assert r["grad_buffer_bytes"] == buf and r["touched_bitmap_bytes"] == 0
+    per_step = 2 * 3 * buf // 4 + 2 * 3 * meta // 4
     assert r["dense_bytes_per_step_per_rank_ring_est"] == per_step
     assert 1.5 <= per_step / (2 ** 18 * 4) < 1.6  # about 2x the model for large N: 2(N-1)/N = 1.5 at N=4
     recs = rank_records(r)
     for rank, rec in recs.items():
         assert rec["bytes_by_kind"] == {"allreduce_grad": r["steps"] * (2 * 3 * buf // 4),
-                                        "allreduce_touched": r["steps"] * (2 * 3 * bitmap // 4)}, rank
+                                        "allreduce_meta": r["steps"] * (2 * 3 * meta // 4)}, rank
         assert rec["peak_rss_bytes"] > 0 and {"compute", "comm", "wait"} <= set(rec["seconds"])
     assert r["bytes_sent"] == 4 * r["steps"] * per_step
     # metrics.jsonl: rank 0's held-out evaluations; per-rank step lines carry cumulative bytes
@@ -252,6 +302,33 @@ def test_classic_kill_fails_the_job_fast_and_leaves_no_process(run):
     assert r["wall_s"] < 60
     time.sleep(0.2)
     assert not [p for p in pids(r).values() if alive(p, r.dir)], "ranks left behind"
+
+
+@pytest.mark.mpi
+def test_classic_kill_still_reports_the_bytes_and_time_of_the_steps_before(run):
+    """The job aborts before anyone writes a final record, and before the first periodic
+    metric line (log_every=20, the kill comes at step ~16): the ranks that detect the
+    failure flush their cumulative counters before MPI_Abort, so summary.json still counts
+    the bytes sent (steps x the dense arithmetic) and the time split."""
+    r = run(4, "backend=allreduce", "data=criteo_sample", "faults=kill_one_worker")  # the run above
+    assert r["status"] == "failed"
+    per_step = 2 * 3 * (2 ** 18 * 4) // 4 + 2 * 3 * 24 // 4  # dense LR, 2^18 keys, N=4: buffer + meta
+    flushed = {}
+    for p in (r.dir / "ranks").glob("rank-*.metrics.jsonl"):
+        lines = [json.loads(x) for x in p.read_text().splitlines()]
+        mine = [m for m in lines if m["kind"] == "counters"]
+        if mine:
+            m = mine[-1]
+            assert m["why"] == "failure_detected" and m["step"] > 0
+            assert m["bytes_sent"] == m["step"] * per_step  # every completed step, nothing else
+            assert m["bytes_by_kind"]["allreduce_grad"] == m["step"] * (2 * 3 * 2 ** 18 * 4 // 4)
+            assert m["seconds"]["comm"] > 0 and m["seconds"]["compute"] > 0
+            flushed[m["rank"]] = m
+    detected = {e["rank"] for e in r.events("failure_detected")}
+    assert flushed and set(flushed) <= detected and 3 not in flushed  # rank 3 was SIGKILLed
+    assert r["bytes_sent"] >= sum(m["bytes_sent"] for m in flushed.values()) > 0
+    split = r["time_split_s"]
+    assert set(map(int, split)) >= set(flushed) and all(sp["comm"] > 0 for sp in split.values())
 
 
 @pytest.mark.mpi
@@ -329,7 +406,7 @@ def test_dense_bytes_do_not_depend_on_the_batch(run):
         r = run(2, "backend=allreduce", f"train.batch_size={batch}", "data=criteo_sample", "train.epochs=1")
         assert r["status"] == "succeeded"
         per_step.append(r["bytes_sent"] / r["steps"] / 2)
-    assert per_step[0] == per_step[1] == (2 ** 18 + 2) * 4 + 2 ** 18 // 8
+    assert per_step[0] == per_step[1] == 2 ** 18 * 4 + 3 * 8  # the buffer and (loss, rows, touched keys)
 
 
 @pytest.mark.mpi

@@ -169,8 +169,9 @@ def merge_events(run_dir: Path) -> list[dict]:
 
 def rank_totals(run_dir: Path) -> dict:
     """Sum the ranks' counters: final records, or the last metric line of a rank that
-    died before writing one."""
-    bytes_sent, peak = 0, {}
+    wrote none (killed; or aborted: a rank flushes its counters when it detects a failure,
+    before MPI_Abort). Also each rank's time split from the same records."""
+    bytes_sent, peak, split = 0, {}, {}
     for p in sorted((run_dir / "ranks").glob("rank-*.metrics.jsonl")):
         r = int(p.name.split("-")[1].split(".")[0])
         final = read_json(run_dir / "ranks" / f"rank-{r}.json")
@@ -179,8 +180,10 @@ def rank_totals(run_dir: Path) -> dict:
             bytes_sent += int(last.get("bytes_sent", 0))
             if "peak_rss_bytes" in last:
                 peak[r] = last["peak_rss_bytes"]
+            if isinstance(last.get("seconds"), dict):
+                split[r] = {k: round(float(v), 6) for k, v in last["seconds"].items()}
     return {"bytes_sent": bytes_sent, "peak_rss_bytes_by_rank": peak,
-            "peak_rss_bytes_max": max(peak.values()) if peak else None}
+            "peak_rss_bytes_max": max(peak.values()) if peak else None, "time_split_s": split}
 
 
 # Fields of failure_detected / recovered records that name the failed rank(s).
@@ -287,7 +290,10 @@ def summarize(run_dir: Path, cfg, n: int, exit_code, wall_s: float, reason: str 
         "failures_detected": 0, "lost_updates": 0,
     })
     summary.update({k: v for k, v in result.items() if k not in ("status", "t", "ranks")})
+    split = totals.pop("time_split_s")
     summary.update(totals)
+    if not ok and not summary.get("time_split_s"):
+        summary["time_split_s"] = split  # no result from rank 0: the ranks' own last records
     summary["status"] = "succeeded" if ok else "failed"
     summary["exit_code"] = exit_code
     summary["wall_s"] = round(wall_s, 3)

@@ -15,13 +15,29 @@ backend.lanes=N` builds the very same global batches, so both give the same mode
 
 Exchange (`backend.mode`):
 - dense: the classic design. One preallocated float32 buffer as large as the model
-  (n_features x dim, plus two cells carrying the step's loss and row count) is summed in
-  place with `Allreduce`. To know exactly which keys the step touched (the local trainer
-  updates every key of the batch, also one whose summed gradient happens to be 0, which
-  matters for L2 and FTRL), a touched-key bitmap (n_features/8 bytes) is OR-ed with a
-  second `Allreduce` first. The union is read from the bitmap (a scan of n/64 words), not
-  from the buffer, and only the union's rows are read back and re-zeroed, so the per-step
-  work outside MPI is proportional to the touched keys. Needs folded keys (data.hash_bits).
+  (n_features x dim) is summed in place with `Allreduce`, after a small `Allreduce` of
+  the step's (loss, rows, touched keys) that every rank waits in for the slowest. The
+  update must touch exactly the keys some rank touched (the local trainer updates every
+  key of the batch, also one whose summed gradient happens to be 0, which matters for L2
+  and FTRL), and that union is found in one of two ways, chosen by the model's size:
+  * up to SCAN_MAX_CELLS cells (8 MB): signed zeros. Untouched cells hold -0.0, a rank
+    writes its rows as grad + 0.0 (so a touched cell is never -0.0: -0.0 + 0.0 = +0.0).
+    -0.0 is the exact identity of IEEE addition (x + -0.0 = x for every x, +0.0 included)
+    and a sum of addends that are not all -0.0 is never -0.0 in round-to-nearest (an
+    exact zero sum is +0.0; with gradual underflow a nonzero sum never rounds to 0), so
+    after the Allreduce a cell is -0.0 exactly when no rank touched its key. The union
+    costs no bytes, no bitmap to build and no second collective, only a scan of the
+    buffer (a vectorized compare + np.flatnonzero: ~0.05 ms at 2^16 keys, ~0.4 ms at
+    2^20). This needs an MPI whose SUM adds the contributions (what every Allreduce
+    algorithm does): one that started from +0.0 would mark every key touched, which the
+    step detects (the union cannot be larger than the sum of the ranks' touched keys).
+    Flush-to-zero arithmetic (-ffast-math) would turn a sum below 1e-38 into a zero and
+    could drop such a key; MPI libraries are not built that way.
+  * above: a touched-key bitmap (n_features/8 bytes) OR-ed with a third `Allreduce`
+    (scanning 64 MB for the union would cost more than the bitmap: ~6 ms vs ~1-2 ms at
+    2^24 keys). The union is read from the bitmap, bit by bit where it is sparse.
+  Only the union's rows are read back and re-zeroed (or the whole buffer memset when the
+  union is a large share of the keys). Needs folded keys (data.hash_bits).
 - sparse: only touched keys travel. `Allgather` of (keys, rows, loss) per rank, then one
   `Allgatherv` of records (uint64 key, dim float32 gradient values), then a local
   reduction (a lookup table or np.unique for the union, np.bincount per column for the
@@ -31,9 +47,9 @@ Accounting. Bytes are counted at the call sites as the algorithm puts them on th
 per rank: a ring Allreduce of S bytes sends 2(M-1)/M*S, a ring Allgather(v) sends every
 block but one (total - the next rank's block). These estimates go to `rec.acct.sent`
 (bytes_sent in summary.json); the bytes this rank hands to MPI ("payload") are reported
-next to them. Time: "wait" is the first, small collective of each step (touched bitmap
-or counts), which cannot end before the last rank arrives, so it measures idle time plus
-one small message; "comm" is the big collective plus packing and unpacking; "compute" is
+next to them. Time: "wait" is the first, small collective of each step ((loss, rows,
+touched keys) or counts), which cannot end before the last rank arrives, so it measures idle time plus
+one small message; "comm" is the big collective(s) plus packing and unpacking; "compute" is
 the gradient and the optimizer update; "eval" is rank 0's held-out evaluation.
 
 Failures. Every job runs under `mpirun --with-ft ulfm`, so survivors see a dead rank as an
@@ -54,14 +70,23 @@ from .elastic import Plan, digest, error_name, is_failure, recover, same_everywh
 
 ONE = np.uint64(1)
 FLAGS_MAX_KEYS = 1 << 20  # up to here the touched bitmap is built from a bool array (np.packbits)
-_POP8 = np.array([bin(i).count("1") for i in range(256)], np.int64)  # set bits per byte value
+DENSE_SHARE = 12  # a union of more than 1/12 of the keys is read and cleared with whole-array ops
+SCAN_MAX_CELLS = 1 << 21  # dense buffers up to 8 MB find the union by signed zeros, larger ones by a bitmap
+NEG0_BITS = np.uint32(0x80000000)  # float32 -0.0
+PEEL_ROUNDS = 4  # bitmap_keys: rounds of lowest-set-bit extraction before unpacking the words left
+_POP8 = np.array([bin(i).count("1") for i in range(256)], np.uint8)  # set bits per byte value
+
+
+def popcount(w: np.ndarray) -> np.ndarray:
+    """Set bits of each element of a uint64 array (np.bitwise_count needs numpy >= 2)."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(w)
+    return _POP8[w.view(np.uint8)].reshape(-1, 8).sum(axis=1, dtype=np.uint8)
 
 
 def set_bits(w: np.ndarray) -> int:
-    """Number of set bits in a uint64 array (np.bitwise_count needs numpy >= 2)."""
-    if hasattr(np, "bitwise_count"):
-        return int(np.bitwise_count(w).sum())
-    return int(_POP8[w.view(np.uint8)].sum())
+    """Number of set bits in a uint64 array."""
+    return int(popcount(w).sum(dtype=np.int64))
 
 
 def ring_allreduce_bytes(nbytes: int, m: int) -> int:
@@ -75,34 +100,60 @@ def ring_allgather_bytes(block_bytes, rank: int) -> int:
     return int(sum(block_bytes)) - int(block_bytes[(rank + 1) % m]) if m > 1 else 0
 
 
-def bitmap_keys(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Set bits of a uint64 bitmap as sorted int64 positions, and the nonzero words.
-    Below ~10% set bits the work grows with the nonzero words only (plus one scan of
-    the n/64 words); above, unpacking the whole bitmap is cheaper."""
-    nz = np.flatnonzero(words)
+def bitmap_keys(words: np.ndarray) -> np.ndarray:
+    """Set bits of a uint64 bitmap as int64 positions.
+    Above 1/DENSE_SHARE set bits: unpack the whole bitmap (np.unpackbits, then np.flatnonzero
+    on a bool view: ~0.5 ns a bit, 10x faster than on the uint8 array unpackbits returns).
+    Below, the work follows the set bits: PEEL_ROUNDS rounds each take the lowest set bit
+    of every nonzero word (most words hold one or two: 37k keys in 16k words at 2^20, in
+    35k words at 2^24), then the few words with bits left are unpacked. The positions come
+    as sorted runs, not sorted overall: the union's order does not matter (one update per
+    key), and all ranks read the same bitmap the same way, so they list it in the same order."""
+    nz = np.flatnonzero(words != 0)  # flatnonzero of a bool array: the fast path
     w = words[nz]
-    if set_bits(w) * 10 > len(words) * 64:
-        return np.flatnonzero(np.unpackbits(words.view(np.uint8), bitorder="little")), nz
-    by = w.view(np.uint8)
-    nzb = np.flatnonzero(by != 0)
-    p = np.flatnonzero(np.unpackbits(by[nzb], bitorder="little"))
-    q = nzb[p >> 3]
-    return nz[q >> 3] * 64 + ((q & 7) << 3) + (p & 7), nz
+    if set_bits(w) * DENSE_SHARE > len(words) * 64:
+        return np.flatnonzero(np.unpackbits(words.view(np.uint8), bitorder="little").view(bool))
+    base, out = nz * 64, []
+    for _ in range(PEEL_ROUNDS):
+        if not len(w):
+            break
+        below = w - ONE
+        out.append(base + popcount(w ^ below) - 1)  # w ^ (w - 1): the lowest set bit and the zeros under it
+        w &= below  # clear the lowest set bit
+        left = w != 0
+        base, w = base[left], w[left]
+    p = np.flatnonzero(np.unpackbits(w.view(np.uint8), bitorder="little").view(bool))
+    out.append(base[p >> 6] + (p & 63))
+    return np.concatenate(out)
 
 
 class DenseExchange:
-    """Dense in-place Allreduce of a model-sized buffer, plus a touched-key bitmap."""
+    """Dense in-place Allreduce of a model-sized buffer; the union of the touched keys from
+    signed zeros (small models) or a touched-key bitmap (large ones), see the module
+    docstring. Per step outside MPI: write the rank's rows into the buffer, find the union,
+    gather its rows (np.take), re-zero them (or memset the buffer when the union holds more
+    than 1/DENSE_SHARE of the keys, as at 2^16: ~45% of the keys at N=2). The bitmap is built
+    from bool flags + np.packbits up to FLAGS_MAX_KEYS keys; above, np.packbits over 2^24
+    flags would cost ~1 ms, so np.bitwise_or.at on the words, whose work follows the keys."""
 
     mode = "dense"
 
     def __init__(self, n_features: int, dim: int, acct):
         self.n, self.dim, self.acct = int(n_features), int(dim), acct
-        self.flat = np.zeros(self.n * self.dim + 2, np.float32)  # gradient rows, loss, rows
-        self.G = self.flat[: self.n * self.dim].reshape(self.n, self.dim)
-        self.words = np.zeros(max(1, -(-self.n // 64)), np.uint64)
-        # building the bitmap: a bool array + np.packbits (fast up to a few million keys), or
-        # np.bitwise_or.at on the words (work grows with the touched keys only)
-        self.flags = np.zeros(len(self.words) * 64, bool) if self.n <= FLAGS_MAX_KEYS else None
+        self.flat = np.zeros(self.n * self.dim, np.float32)
+        self.G = self.flat.reshape(self.n, self.dim)
+        # the rows as indexed per key: with one float per key the flat array itself (1-D fancy
+        # indexing is ~1.5x faster than on an (n, 1) array)
+        self.by_key = self.flat if self.dim == 1 else self.G
+        self.meta = np.zeros(3, np.float64)  # loss, rows, touched keys: exact sums in float64
+        self.signed_zeros = self.flat.size <= SCAN_MAX_CELLS
+        self.zero = np.float32(-0.0 if self.signed_zeros else 0.0)  # what an untouched cell holds
+        self.flat[:] = self.zero
+        self.words = None if self.signed_zeros else np.zeros(max(1, -(-self.n // 64)), np.uint64)
+        self.mask = np.zeros(-(-self.n // 8) * 8, bool) if self.signed_zeros else None  # touched flags, whole uint64s
+        self.flags = None
+        if self.words is not None and self.n <= FLAGS_MAX_KEYS:
+            self.flags = np.zeros(len(self.words) * 64, bool)
         self.payload = 0
         self.mpi_s = 0.0  # seconds inside MPI calls (the benchmark splits MPI from packing)
         self.last_union = 0
@@ -113,50 +164,91 @@ class DenseExchange:
 
     @property
     def bitmap_bytes(self) -> int:
-        return self.words.nbytes
+        return 0 if self.words is None else self.words.nbytes
 
     def step_bytes(self, m: int) -> dict:
         """What one rank sends per step, whatever the batch (the arithmetic tests check)."""
-        return {"allreduce_touched": ring_allreduce_bytes(self.bitmap_bytes, m),
-                "allreduce_grad": ring_allreduce_bytes(self.buffer_bytes, m)}
+        out = {"allreduce_meta": ring_allreduce_bytes(self.meta.nbytes, m)}
+        if self.words is not None:
+            out["allreduce_touched"] = ring_allreduce_bytes(self.bitmap_bytes, m)
+        out["allreduce_grad"] = ring_allreduce_bytes(self.buffer_bytes, m)
+        return out
 
     def reset(self) -> None:
         """After a failed collective the buffers hold partial sums: start clean."""
-        self.flat[:] = 0
-        self.words[:] = 0
+        self.flat[:] = self.zero
+        if self.words is not None:
+            self.words[:] = 0
         if self.flags is not None:
             self.flags[:] = False
+
+    def touched_bitmap(self, k: np.ndarray) -> None:
+        """Set the bits of this rank's keys (unique, any order) in self.words (all zero)."""
+        if self.flags is not None:
+            self.flags[k] = True
+            self.words[:] = np.packbits(self.flags, bitorder="little").view(np.uint64)
+            self.flags[k] = False
+        else:
+            np.bitwise_or.at(self.words, k >> 6, ONE << (k & 63).astype(np.uint64))
+
+    def union(self, touched_all: float) -> np.ndarray:
+        """The keys some rank touched this step (after the sums); touched_all is the sum of
+        the ranks' touched keys, an upper bound of the union's size."""
+        if self.words is not None:
+            return bitmap_keys(self.words)
+        # -0.0 exactly where no rank wrote (any column will do: a touched row has no -0.0)
+        col = self.G[:, 0].view(np.uint32)
+        if touched_all * DENSE_SHARE > self.n:
+            union = np.flatnonzero(col != NEG0_BITS)  # ~0.5 ns a key, whatever the share touched
+        else:
+            # Few keys touched: np.flatnonzero over all n flags would cost ~0.5 ms at 2^20.
+            # Skip the groups of 8 keys nobody touched (a uint64 view of the flags), then
+            # read the touched groups' flags only.
+            np.not_equal(col, NEG0_BITS, out=self.mask[: self.n])
+            w = self.mask.view(np.uint64)
+            groups = np.flatnonzero(w != 0)
+            p = np.flatnonzero(w[groups].view(bool))
+            union = groups[p >> 3] * 8 + (p & 7)
+        if len(union) > touched_all:
+            raise RuntimeError(f"{len(union)} keys look touched, the ranks touched {touched_all:.0f}: this MPI's "
+                               "SUM does not keep -0.0 (the identity of IEEE addition); set "
+                               "pslab.backends.allreduce.SCAN_MAX_CELLS = 0 to use the touched-key bitmap")
+        return union
 
     def __call__(self, comm, keys, grad, rows: int, loss: float):
         from mpi4py import MPI
         acct, m = self.acct, comm.size
         with acct.timed("comm"):
             k = keys.astype(np.int64)
-            self.G[k] = grad
-            self.flat[-2], self.flat[-1] = loss, rows
-            if self.flags is not None:
-                self.flags[k] = True
-                self.words[:] = np.packbits(self.flags, bitorder="little").view(np.uint64)
-                self.flags[k] = False
-            elif len(k):
-                np.bitwise_or.at(self.words, k >> 6, ONE << (k & 63).astype(np.uint64))
+            grad = grad.reshape(len(k), *self.by_key.shape[1:])  # (t, 1) -> (t,) when self.by_key is 1-D
+            if self.signed_zeros:
+                self.by_key[k] = grad + np.float32(0.0)  # turns a -0.0 of grad into +0.0: touched
+            else:
+                self.by_key[k] = grad
+                self.touched_bitmap(k)
+            meta = self.meta
+            meta[0], meta[1], meta[2] = loss, rows, len(k)
         t0 = time.perf_counter()
         with acct.timed("wait"):
-            comm.Allreduce(MPI.IN_PLACE, self.words, op=MPI.BOR)
+            comm.Allreduce(MPI.IN_PLACE, meta, op=MPI.SUM)
         with acct.timed("comm"):
+            if self.words is not None:
+                comm.Allreduce(MPI.IN_PLACE, self.words, op=MPI.BOR)
             comm.Allreduce(MPI.IN_PLACE, self.flat, op=MPI.SUM)
             self.mpi_s += time.perf_counter() - t0
             for kind, nbytes in self.step_bytes(m).items():
                 acct.sent(kind, nbytes)
-            self.payload += self.buffer_bytes + self.bitmap_bytes
-            union, nz = bitmap_keys(self.words)
-            g = self.G[union]  # a copy (fancy indexing)
-            self.G[union] = 0
-            self.words[nz] = 0
-            loss_all, rows_all = float(self.flat[-2]), int(round(float(self.flat[-1])))
-            self.flat[-2:] = 0
+            self.payload += meta.nbytes + self.bitmap_bytes + self.buffer_bytes
+            union = self.union(meta[2])
+            g = np.take(self.G, union, axis=0, mode="wrap")  # a copy; 'wrap' skips the bounds checks
+            if len(union) * DENSE_SHARE > self.n:
+                self.flat[:] = self.zero  # a memset of the whole buffer beats a scatter
+            else:
+                self.by_key[union] = self.zero
+            if self.words is not None:
+                self.words[:] = 0
         self.last_union = len(union)
-        return union.astype(np.uint64), g, rows_all, loss_all
+        return union.view(np.uint64), g, int(round(meta[1])), float(meta[0])
 
 
 class SparseExchange:
@@ -364,10 +456,19 @@ class Trainer:
         self.steps_in_epoch = 0
         self.plan = self.new_plan(self.epoch, self.plan.members)
 
+    def flush_counters(self, why: str) -> None:
+        """This rank's cumulative counters (bytes, time split) as a metric line, now: the job
+        is about to be aborted, no final record will follow, and the launcher sums the
+        ranks' last lines that carry counters into summary.json."""
+        self.rec.metric("counters", why=why, step=self.step, epoch=self.epoch, examples=self.examples,
+                        ranks=self.comm.size, union_keys=self.exchange.last_union,
+                        payload_bytes=self.exchange.payload, **self.rec.acct.snapshot())
+
     def on_failure(self, err) -> None:
         if not is_failure(err):
             raise err
         if not self.elastic:
+            self.flush_counters("failure_detected")
             self.rec.event("failure_detected", sync=True, step=self.step, epoch=self.epoch, error=error_name(err),
                            elastic=False, action="MPI_Abort")
             self.rec.aborting(f"rank {self.rec.rank}: a collective failed ({error_name(err)}): "

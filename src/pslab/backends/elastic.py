@@ -266,6 +266,7 @@ def recover(tr, err) -> None:
         else:  # revoked without a dead rank (a drill, or a false alarm of a detector)
             rec.event("false_alarm", sync=True, step=tr.step, epoch=tr.epoch, error=error)
         if 0 not in alive:
+            tr.flush_counters("unrecoverable")
             rec.event("unrecoverable", sync=True, reason="world rank 0 (evaluation, result) died", alive=alive)
             rec.aborting("world rank 0 (evaluation, result) died: elastic allreduce cannot go on without it")
             MPI.COMM_WORLD.Abort(1)
