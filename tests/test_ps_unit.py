@@ -117,6 +117,26 @@ def test_message_round_trip_with_every_switch_and_pieces():
     assert P.decode_buffers(P.encode(ctrl)[0], 0).meta == ctrl.meta
 
 
+def test_plain_fast_path_encodes_exactly_as_the_general_path(monkeypatch):
+    keys = np.arange(100, dtype=np.uint64) * np.uint64(7919)
+    vals = np.random.default_rng(0).random((100, 9), dtype=np.float32)
+    msgs = [P.Msg(P.PUSH, req=1, clock=3, keys=keys, vals=vals, rows=5, gen=2), P.Msg(P.PULL, req=2, keys=keys),
+            P.Msg(P.PULL_REPLY, req=2, vals=vals), P.Msg(P.PUSH_ACK, req=7),
+            P.Msg(P.PUSH, keys=keys[:0], vals=vals[:0])]
+    fast = [P.encode(m) for m in msgs]
+    monkeypatch.setattr(P, "_encode_plain", lambda *a: None)
+    for m, (bufs, sizes) in zip(msgs, fast):
+        gbufs, gsizes = P.encode(m)
+        assert [bytes(b) for b in bufs] == [bytes(b) for b in gbufs]
+        assert (sizes.wire, sizes.raw, sizes.without) == (gsizes.wire, gsizes.raw, gsizes.without)
+        back = P.decode_buffers(bufs, src=1)
+        assert back.cmd == m.cmd and back.req == m.req and back.rows == m.rows and back.gen == m.gen
+        if m.keys is not None:
+            np.testing.assert_array_equal(back.keys, m.keys)
+        if m.vals is not None:
+            np.testing.assert_array_equal(back.vals, m.vals)
+
+
 def test_decoded_arrays_view_the_received_buffer_even_unaligned():
     keys = np.array([3, 5, 1000], np.uint64)  # delta + varint: 10 key bytes, values start unaligned
     vals = np.arange(6, dtype=np.float32).reshape(3, 2)

@@ -215,6 +215,10 @@ def encode(msg: Msg, fp16: bool = False, delta: bool = False, cache: SendCache |
     buffer (header + payload) up to inline_max bytes of payload, else the header and then
     the payload's pieces (H_NCHUNKS of them, views of the caller's arrays)."""
     keys, vals, keep = msg.keys, msg.vals, msg.keep
+    if not (fp16 or delta or cache is not None or keep is not None or msg.meta):
+        fast = _encode_plain(msg, keys, vals, inline_max)
+        if fast is not None:
+            return fast
     n_full = len(keys) if keys is not None else (0 if vals is None else len(vals))
     kcodec, kpart, cid, bpk, cache_hit = K_NONE, None, -1, 8.0, False
     nkeys = n_full  # keys on the wire (for a cached list: its full length)
@@ -280,6 +284,26 @@ def encode(msg: Msg, fp16: bool = False, delta: bool = False, cache: SendCache |
     head = _HEAD.pack(MAGIC, msg.cmd, msg.req, msg.clock, nkeys, dim, kcodec, vcodec, cid, msg.rows,
                       kn, vn, mn, chunk_bytes, len(pieces), msg.gen)
     return [head] + pieces, sizes
+
+
+def _encode_plain(msg: Msg, keys, vals, inline_max: int):
+    """encode() of a small message with no compression, no filter and no meta (most pulls,
+    replies, pushes and acks), in a few microseconds: a round trip of 100 keys is mostly
+    this Python work. None when the message needs the general path."""
+    if keys is not None and not (keys.dtype == np.uint64 and keys.flags.c_contiguous):
+        return None
+    if vals is not None and not (vals.dtype == np.float32 and vals.ndim == 2 and vals.flags.c_contiguous):
+        return None
+    kn = 0 if keys is None else keys.nbytes
+    vn = 0 if vals is None else vals.nbytes
+    if kn + vn > inline_max:
+        return None
+    n = len(keys) if keys is not None else (0 if vals is None else len(vals))
+    head = _HEAD.pack(MAGIC, msg.cmd, msg.req, msg.clock, n, 0 if vals is None else vals.shape[1],
+                      K_NONE if keys is None else K_RAW, V_F32, -1, msg.rows, kn, vn, 0, 0, 0, msg.gen)
+    parts = [x for x in (keys, vals) if x is not None and len(x)]
+    wire = HEADER_BYTES + kn + vn
+    return [b"".join((head, *parts))], Sizes(wire, wire)
 
 
 def piece_bounds(kb: int, vb: int, mb: int, chunk_bytes: int) -> list[tuple[int, int]]:
