@@ -30,7 +30,9 @@ Exchange (`backend.mode`):
     buffer (a vectorized compare + np.flatnonzero: ~0.05 ms at 2^16 keys, ~0.4 ms at
     2^20). This needs an MPI whose SUM adds the contributions (what every Allreduce
     algorithm does): one that started from +0.0 would mark every key touched, which the
-    step detects (the union cannot be larger than the sum of the ranks' touched keys).
+    step detects (the union cannot be larger than the sum of the ranks' touched keys);
+    all ranks then switch to the bitmap below, for that step and the rest of the run
+    (summary.json: union_method).
     Flush-to-zero arithmetic (-ffast-math) would turn a sum below 1e-38 into a zero and
     could drop such a key; MPI libraries are not built that way.
   * above: a touched-key bitmap (n_features/8 bytes) OR-ed with a third `Allreduce`
@@ -147,6 +149,7 @@ class DenseExchange:
         self.by_key = self.flat if self.dim == 1 else self.G
         self.meta = np.zeros(3, np.float64)  # loss, rows, touched keys: exact sums in float64
         self.signed_zeros = self.flat.size <= SCAN_MAX_CELLS
+        self.union_method = "signed zeros" if self.signed_zeros else "bitmap"
         self.zero = np.float32(-0.0 if self.signed_zeros else 0.0)  # what an untouched cell holds
         self.flat[:] = self.zero
         self.words = None if self.signed_zeros else np.zeros(max(1, -(-self.n // 64)), np.uint64)
@@ -210,10 +213,31 @@ class DenseExchange:
             p = np.flatnonzero(w[groups].view(bool))
             union = groups[p >> 3] * 8 + (p & 7)
         if len(union) > touched_all:
-            raise RuntimeError(f"{len(union)} keys look touched, the ranks touched {touched_all:.0f}: this MPI's "
-                               "SUM does not keep -0.0 (the identity of IEEE addition); set "
-                               "pslab.backends.allreduce.SCAN_MAX_CELLS = 0 to use the touched-key bitmap")
+            return None  # more keys look touched than the ranks touched: this MPI lost the -0.0s
         return union
+
+    def fall_back_to_bitmap(self, comm, k: np.ndarray) -> np.ndarray:
+        """This MPI's SUM does not keep -0.0 (e.g. a reduction that starts from +0.0, or
+        hardware offload): from this step on, find the union with the touched-key bitmap.
+        Every rank sees the same summed buffer, so all of them take this branch together and
+        the extra collective below matches. The sums themselves are right; only the union
+        must come from the bitmap, built from this step's own keys."""
+        from mpi4py import MPI
+        self.signed_zeros = False
+        self.union_method = "bitmap (this MPI's SUM lost the signed zeros)"
+        self.zero = np.float32(0.0)
+        self.words = np.zeros(max(1, -(-self.n // 64)), np.uint64)
+        self.flags = np.zeros(len(self.words) * 64, bool) if self.n <= FLAGS_MAX_KEYS else None
+        self.mask = None
+        self.touched_bitmap(k)
+        comm.Allreduce(MPI.IN_PLACE, self.words, op=MPI.BOR)
+        self.acct.sent("allreduce_touched", ring_allreduce_bytes(self.bitmap_bytes, comm.size))
+        self.payload += self.bitmap_bytes
+        union = bitmap_keys(self.words)
+        g = np.take(self.G, union, axis=0, mode="wrap")
+        self.flat[:] = self.zero  # untouched cells may hold -0.0 or +0.0: all +0.0 from now on
+        self.words[:] = 0
+        return union, g
 
     def __call__(self, comm, keys, grad, rows: int, loss: float):
         from mpi4py import MPI
@@ -240,13 +264,16 @@ class DenseExchange:
                 acct.sent(kind, nbytes)
             self.payload += meta.nbytes + self.bitmap_bytes + self.buffer_bytes
             union = self.union(meta[2])
-            g = np.take(self.G, union, axis=0, mode="wrap")  # a copy; 'wrap' skips the bounds checks
-            if len(union) * DENSE_SHARE > self.n:
-                self.flat[:] = self.zero  # a memset of the whole buffer beats a scatter
+            if union is None:
+                union, g = self.fall_back_to_bitmap(comm, k)
             else:
-                self.by_key[union] = self.zero
-            if self.words is not None:
-                self.words[:] = 0
+                g = np.take(self.G, union, axis=0, mode="wrap")  # a copy; 'wrap' skips the bounds checks
+                if len(union) * DENSE_SHARE > self.n:
+                    self.flat[:] = self.zero  # a memset of the whole buffer beats a scatter
+                else:
+                    self.by_key[union] = self.zero
+                if self.words is not None:
+                    self.words[:] = 0
         self.last_union = len(union)
         return union.view(np.uint64), g, int(round(meta[1])), float(meta[0])
 
@@ -548,6 +575,7 @@ class Trainer:
         if isinstance(ex, DenseExchange):
             out["grad_buffer_bytes"] = ex.buffer_bytes
             out["touched_bitmap_bytes"] = ex.bitmap_bytes
+            out["union_method"] = ex.union_method
             out["dense_bytes_per_step_per_rank_ring_est"] = sum(ex.step_bytes(self.n_world).values())
         return out
 
