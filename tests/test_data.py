@@ -131,3 +131,14 @@ def test_lanes_cover_every_row_once():
         seen += sum(len(p) for p in parts)
     assert seen == ds.n_train
     assert sorted(b for lane in lanes for b in lane.done) == list(range(ds.n_blocks))
+
+
+def test_a_lane_hands_back_its_unfinished_blocks():
+    ds = load_dataset(cfg(format="criteo", path="shipped:criteo_sample/criteo_train_head10k.tsv.xz",
+                          test_fraction=0.2, hash_bits=18, block_rows=700))
+    lane = Lane(ds, [3, 5, 7])
+    assert lane.unfinished() == [3, 5, 7] and lane.rows_left() == 3 * 700
+    lane.next(700 + 10)  # block 3 done, block 5 begun
+    assert lane.done == [3] and lane.unfinished() == [5, 7]
+    taken = Lane(ds, lane.unfinished())  # another rank takes them over (block 5 from its start)
+    assert taken.rows_left() == 2 * 700
