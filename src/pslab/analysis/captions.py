@@ -208,6 +208,11 @@ def success_rate(trials, curves: dict | None) -> str:
                 if n in c["workers"]]
         if vals:
             bits.append(f"simulated {regime.get('job_hours', 1):g} h jobs of {n:,} workers {law}: " + ", ".join(vals))
+    if any("ps" in (regime.get(key) or {}) for key in ("curves", "curves_deck")):
+        # pslab.sim.job models the OSDI'14 design; pslab's own PS stops at its R-th server loss.
+        bits.append("the simulated PS re-replicates a dead server's key ranges within its measured recovery "
+                    "time (OSDI'14's design: it fails only if R servers die within that window); pslab's PS "
+                    "does not re-replicate yet, so a run survives R-1 server failures, then needs a checkpoint")
     return ("; ".join(bits) + ".") if bits else "No success-rate trials yet."
 
 
