@@ -494,19 +494,17 @@ def fig_sim_curves(curves: dict, out_dir=None):
             lab = LABELS[b] if ls == "-" else None
             ax1.plot(n, t / length, ls, color=COLORS[b], label=lab)
             ax2.plot(n, c["failures_mean"], ls, color=COLORS[b], label=lab)
-    ax1.set_xscale("log")
-    ax1.set_yscale("log")
-    ax1.set_xlabel("workers")
-    ax1.set_ylabel("expected time to a finished job / job length")
-    ax1.set_title("Resubmitting failed jobs until one finishes", fontsize=9)
-    _legend(ax1, fontsize=7, loc="upper left")
-    ax2.set_xscale("log")
-    ax2.set_yscale("log")
-    ax2.set_xlabel("workers")
-    ax2.set_ylabel("rank failures per job (mean)")
-    ax2.set_title("Failures a job meets (elastic allreduce and the PS go on)", fontsize=9)
-    _legend(ax2, fontsize=7, loc="upper left")
-    _note(ax2, prod.get("title", "").replace("\n", "\n"), "lower right", 6.5)
+    for ax, ylabel, title in ((ax1, "expected time to a finished job / job length",
+                               "Resubmitting failed jobs until one finishes"),
+                              (ax2, "rank failures per job (mean)",
+                               "Failures a job meets (elastic allreduce and the PS go on)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("workers")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=9)
+        _legend(ax, fontsize=7, loc="upper left")
+    _note(ax2, prod.get("title", ""), "lower right", 6.5)
     fig.tight_layout()
     return fig, save(fig, "sim_curves", out_dir)
 
