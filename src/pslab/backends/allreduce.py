@@ -148,15 +148,9 @@ class DenseExchange:
         # indexing is ~1.5x faster than on an (n, 1) array)
         self.by_key = self.flat if self.dim == 1 else self.G
         self.meta = np.zeros(3, np.float64)  # loss, rows, touched keys: exact sums in float64
-        self.signed_zeros = self.flat.size <= SCAN_MAX_CELLS
-        self.union_method = "signed zeros" if self.signed_zeros else "bitmap"
-        self.zero = np.float32(-0.0 if self.signed_zeros else 0.0)  # what an untouched cell holds
+        signed_zeros = self.flat.size <= SCAN_MAX_CELLS
+        self.use_union_method(signed_zeros, "signed zeros" if signed_zeros else "bitmap")
         self.flat[:] = self.zero
-        self.words = None if self.signed_zeros else np.zeros(max(1, -(-self.n // 64)), np.uint64)
-        self.mask = np.zeros(-(-self.n // 8) * 8, bool) if self.signed_zeros else None  # touched flags, whole uint64s
-        self.flags = None
-        if self.words is not None and self.n <= FLAGS_MAX_KEYS:
-            self.flags = np.zeros(len(self.words) * 64, bool)
         self.payload = 0
         self.mpi_s = 0.0  # seconds inside MPI calls (the benchmark splits MPI from packing)
         self.last_union = 0
@@ -164,6 +158,17 @@ class DenseExchange:
     @property
     def buffer_bytes(self) -> int:
         return self.flat.nbytes
+
+    def use_union_method(self, signed_zeros: bool, name: str) -> None:
+        """Signed zeros (the buffer's untouched cells hold -0.0) or the touched-key bitmap,
+        with the buffers each needs. The gradient buffer itself is the caller's to (re)fill."""
+        self.signed_zeros, self.union_method = signed_zeros, name
+        self.zero = np.float32(-0.0 if signed_zeros else 0.0)  # what an untouched cell holds
+        self.words = None if signed_zeros else np.zeros(max(1, -(-self.n // 64)), np.uint64)
+        self.mask = np.zeros(-(-self.n // 8) * 8, bool) if signed_zeros else None  # touched flags, whole uint64s
+        self.flags = None
+        if self.words is not None and self.n <= FLAGS_MAX_KEYS:
+            self.flags = np.zeros(len(self.words) * 64, bool)
 
     @property
     def bitmap_bytes(self) -> int:
@@ -216,19 +221,14 @@ class DenseExchange:
             return None  # more keys look touched than the ranks touched: this MPI lost the -0.0s
         return union
 
-    def fall_back_to_bitmap(self, comm, k: np.ndarray) -> np.ndarray:
+    def fall_back_to_bitmap(self, comm, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """This MPI's SUM does not keep -0.0 (e.g. a reduction that starts from +0.0, or
         hardware offload): from this step on, find the union with the touched-key bitmap.
         Every rank sees the same summed buffer, so all of them take this branch together and
         the extra collective below matches. The sums themselves are right; only the union
         must come from the bitmap, built from this step's own keys."""
         from mpi4py import MPI
-        self.signed_zeros = False
-        self.union_method = "bitmap (this MPI's SUM lost the signed zeros)"
-        self.zero = np.float32(0.0)
-        self.words = np.zeros(max(1, -(-self.n // 64)), np.uint64)
-        self.flags = np.zeros(len(self.words) * 64, bool) if self.n <= FLAGS_MAX_KEYS else None
-        self.mask = None
+        self.use_union_method(False, "bitmap (this MPI's SUM lost the signed zeros)")
         self.touched_bitmap(k)
         comm.Allreduce(MPI.IN_PLACE, self.words, op=MPI.BOR)
         self.acct.sent("allreduce_touched", ring_allreduce_bytes(self.bitmap_bytes, comm.size))
