@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from pslab.analysis import captions, load_runs, results_root  # noqa: E402
 from pslab.analysis import simulation as S  # noqa: E402
 from pslab.analysis.io import read_json  # noqa: E402
+from pslab.observe import write_text_atomic  # noqa: E402
 
 RESULTS_HEADING = "## Results: the comparisons as figures"
 HEADER = """\
@@ -97,20 +98,14 @@ def main() -> int:
             lines.append(f"*Conclusion:* {concl[name]}\n")
     text = "\n".join(lines)
     path = ROOT / "notebooks" / "FIGURES.md"
-    write_atomic(path, text)
+    write_text_atomic(path, text)
     print(f"wrote {path.relative_to(ROOT)}")
     readme = ROOT / "README.md"
     spliced = splice_readme(readme.read_text(), text)
     if spliced is not None:
-        write_atomic(readme, spliced)
+        write_text_atomic(readme, spliced)
         print(f"wrote the results section of {readme.relative_to(ROOT)}")
     return 0
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def splice_readme(readme: str, figures_md: str) -> str | None:

@@ -24,7 +24,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..observe import json_default, read_json, read_jsonl, write_json_atomic  # noqa: F401  (re-exported)
+from ..observe import json_default, read_json, read_jsonl, write_json_atomic, write_text_atomic  # noqa: F401  (re-exported)
 
 SMALL_FILES = ("summary.json", "metrics.jsonl", "config.yaml")
 EVENT_KINDS_KEPT = None  # keep every event (they are few); rank_started gives start times
@@ -49,13 +49,7 @@ def figures_dir() -> Path:
 
 
 def write_jsonl_atomic(path, rows) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r, default=json_default) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(r, default=json_default) + "\n" for r in rows))
 
 
 def _resolve(path) -> Path:
