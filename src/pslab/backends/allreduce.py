@@ -66,6 +66,7 @@ import time
 
 import numpy as np
 
+from ..data.rows import Deduper
 from ..store import apply_gradient, make_table
 from .common import Setup, save_model
 from .elastic import Plan, digest, error_name, is_failure, recover, same_everywhere, split_batch, world_ranks
@@ -288,27 +289,16 @@ class SparseExchange:
         self.dim, self.acct = int(dim), acct
         self.rec = np.dtype([("k", "<u8"), ("g", "<f4", (self.dim,))])
         self.mpi_rec = MPI.BYTE.Create_contiguous(self.rec.itemsize).Commit()
-        # a position table for the union of folded keys (np.unique for 64-bit keys)
-        self.pos = np.empty(int(n_features), np.int32) if n_features and n_features <= (1 << 27) else None
+        # the union of folded keys through a position table (np.unique for 64-bit keys);
+        # n_features is 2^hash_bits
+        bits = int(n_features).bit_length() - 1 if n_features and n_features <= (1 << 27) else None
+        self.dedupe = Deduper(bits)
         self.payload = 0
         self.mpi_s = 0.0
         self.last_union = 0
-        self.last_counts = None
 
     def reset(self) -> None:
         pass  # nothing survives between steps
-
-    def union(self, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self.pos is None or len(k) == 0:
-            u, inv = np.unique(k, return_inverse=True)
-            return u, inv.reshape(-1)
-        idx = k.astype(np.int64)
-        p = np.arange(len(k), dtype=np.int32)
-        self.pos[idx[::-1]] = p[::-1]  # the last write wins: each key -> its first position
-        first = self.pos[idx]
-        is_first = first == p
-        rank = np.cumsum(is_first) - 1
-        return k[is_first], rank[first]
 
     def __call__(self, comm, keys, grad, rows: int, loss: float):
         from mpi4py import MPI
@@ -331,12 +321,12 @@ class SparseExchange:
             self.mpi_s += time.perf_counter() - t0
             acct.sent("allgatherv_rows", ring_allgather_bytes(counts * self.rec.itemsize, comm.rank))
             self.payload += meta.nbytes + send.nbytes
-            union, inv = self.union(recv["k"])
+            union, inv = self.dedupe.unique(recv["k"])
             g = np.empty((len(union), self.dim), np.float32)
             vals = recv["g"]
             for c in range(self.dim):
                 g[:, c] = np.bincount(inv, weights=vals[:, c], minlength=len(union))
-        self.last_union, self.last_counts = len(union), counts
+        self.last_union = len(union)
         return union, g, int(round(allmeta[:, 1].sum())), float(allmeta[:, 2].sum())
 
 

@@ -89,10 +89,14 @@ class Deduper:
         self.table = np.empty(1 << int(hash_bits), np.int32) if hash_bits is not None else None
 
     def __call__(self, rows: Rows) -> Batch:
-        keys = rows.keys
+        uniq, cols = self.unique(rows.keys)
+        return Batch(uniq, rows.indptr, cols, rows.vals, rows.y)
+
+    def unique(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct keys, and per key its position among them (int32)."""
         if self.table is None or len(keys) == 0 or len(keys) >= 2**31:
             uniq, inv = np.unique(keys, return_inverse=True)
-            return Batch(uniq, rows.indptr, inv.astype(np.int32), rows.vals, rows.y)
+            return uniq, inv.reshape(-1).astype(np.int32)
         ki = keys.view(np.int64)
         pos = np.arange(len(keys), dtype=np.int32)
         # Each key's entry ends up holding the position of one of its occurrences (which
@@ -103,7 +107,7 @@ class Deduper:
         is_rep = rep == pos
         rank = np.cumsum(is_rep, dtype=np.int32) - 1
         # np.compress is ~3x faster than boolean indexing keys[is_rep]
-        return Batch(np.compress(is_rep, keys), rows.indptr, np.take(rank, rep), rows.vals, rows.y)
+        return np.compress(is_rep, keys), np.take(rank, rep)
 
 
 def as_csr(rows: Rows, n_features: int) -> sp.csr_matrix:
