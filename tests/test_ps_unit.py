@@ -359,3 +359,26 @@ def test_server_checkpoint_and_dump(tmp_path):
     final = van.out[-1][1].meta
     assert final["op"] == "final" and final["keys"] == 3 and srv.stopped
     assert json.loads(json.dumps(final))  # the final record is plain JSON
+
+
+def test_push_sends_only_the_rows_the_kkt_filter_kept():
+    """The worker keeps each dropped row as a residual for its next push, so a dropped row
+    must never travel now as well (it would be applied twice), however few are dropped."""
+    from pslab.backends.ps.client import KVClient
+    from pslab.backends.ps.membership import Membership
+
+    class Van:
+        delta = False
+        sent: list = []
+
+        def send(self, dest, msg, compress=True):
+            self.sent.append(msg)
+
+    van = Van()
+    client = KVClient(van, Layout(size=4, servers=1), Membership(0, [0, 1], [0]), dim=1, timeout=1.0)
+    keys = np.arange(1000, dtype=np.uint64)
+    keep = np.ones(1000, bool)
+    keep[:3] = False  # a few dropped: fewer bytes than the mask naming them
+    client.push(keys, np.ones((1000, 1), np.float32), rows=10, clock=0, keep=keep)
+    (msg,) = van.sent
+    assert msg.keep is not None and int(msg.keep.sum()) == 997

@@ -207,10 +207,9 @@ class KVClient:
         for s in targets:
             if s in groups:
                 pos, k = groups[s]
+                # Always filtered: the worker keeps each dropped row as a residual for its next
+                # push, so sending it now as well would apply it twice.
                 kp = None if keep is None else keep[pos]
-                # Filter only when the rows left out outweigh the bit mask that names them.
-                if kp is not None and (len(kp) - int(kp.sum())) * grad.shape[1] * 2 <= len(kp) // 8:
-                    kp = None
                 msg = P.Msg(P.PUSH, clock=clock, keys=k, vals=take_rows(grad, pos), rows=rows, keep=kp,
                             gen=self.membership.gen, meta=meta)
             else:
