@@ -67,7 +67,7 @@ import time
 import numpy as np
 
 from ..data.rows import Deduper
-from ..store import apply_gradient, make_table
+from ..store import apply_gradient, make_table, take_rows
 from .common import Setup, save_model
 from .elastic import Plan, digest, error_name, is_failure, recover, same_everywhere, split_batch, world_ranks
 
@@ -235,7 +235,7 @@ class DenseExchange:
         self.acct.sent("allreduce_touched", ring_allreduce_bytes(self.bitmap_bytes, comm.size))
         self.payload += self.bitmap_bytes
         union = bitmap_keys(self.words)
-        g = np.take(self.G, union, axis=0, mode="wrap")
+        g = take_rows(self.G, union)
         self.flat[:] = self.zero  # untouched cells may hold -0.0 or +0.0: all +0.0 from now on
         self.words[:] = 0
         return union, g
@@ -268,7 +268,7 @@ class DenseExchange:
             if union is None:
                 union, g = self.fall_back_to_bitmap(comm, k)
             else:
-                g = np.take(self.G, union, axis=0, mode="wrap")  # a copy; 'wrap' skips the bounds checks
+                g = take_rows(self.G, union)  # a copy
                 if len(union) * DENSE_SHARE > self.n:
                     self.flat[:] = self.zero  # a memset of the whole buffer beats a scatter
                 else:
@@ -301,7 +301,6 @@ class SparseExchange:
         pass  # nothing survives between steps
 
     def __call__(self, comm, keys, grad, rows: int, loss: float):
-        from mpi4py import MPI
         acct, m = self.acct, comm.size
         meta = np.array([len(keys), rows, loss], np.float64)
         allmeta = np.empty((m, 3), np.float64)
@@ -378,8 +377,7 @@ class Trainer:
         m = len(members)
         if epoch >= self.epochs:
             return Plan(self.s.data, members, [[] for _ in range(m)], [0] * m)
-        sizes = [self.s.lane_batch(m)] * m if m == self.n_world else split_batch(self.batch, m)
-        return Plan(self.s.data, members, self.s.lanes(epoch, m), sizes)
+        return Plan(self.s.data, members, self.s.lanes(epoch, m), split_batch(self.batch, m))
 
     def set_comm(self, comm) -> None:
         self.comm = comm
@@ -491,8 +489,7 @@ class Trainer:
             self.rec.aborting(f"rank {self.rec.rank}: a collective failed ({error_name(err)}): "
                               "classic allreduce cannot go on without every rank")
             self.MPI.COMM_WORLD.Abort(1)
-        self.exchange.reset()
-        recover(self, err)
+        recover(self, err)  # ends in set_comm, which resets the exchange's buffers
 
     # -- the run --
     def train(self) -> None:
