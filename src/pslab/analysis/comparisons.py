@@ -8,7 +8,6 @@ are noisy: medians, and ratios to a reference arm measured in the same sweep).
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
@@ -335,7 +334,6 @@ def scalability_points(runs) -> Table:
         rows.append({
             "arm": r["arm"], "design": p.get("design"), "servers": servers if r.get("backend") == "ps" else 0,
             "status": r.get("status"), "params_stored": M.model_params(r),
-            "params_total": M.model_params(r) if r.get("backend") != "ps" else M.model_params(r),
             "model_bytes": r.get("model_bytes") or (sum(tables.values()) if tables else None),
             "max_server_table_bytes": max(tables.values()) if tables else None,
             "rank_rss_bytes": rss.get("worker") if r.get("backend") != "ps" else None,
@@ -397,10 +395,3 @@ def largest_model(runs, budget_bytes: float = 2 * GIB) -> Table:
     return t
 
 
-def fmt_bytes(b) -> str:
-    if b is None or (isinstance(b, float) and math.isnan(b)):
-        return "-"
-    for unit, k in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
-        if abs(b) >= k:
-            return f"{b / k:.3g} {unit}"
-    return f"{b:.0f} B"

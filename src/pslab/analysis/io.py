@@ -24,10 +24,9 @@ import os
 import shutil
 from pathlib import Path
 
-from ..observe import json_default, read_json, read_jsonl, write_json_atomic, write_text_atomic  # noqa: F401  (re-exported)
+from ..observe import json_default, read_json, read_jsonl, write_json_atomic  # noqa: F401  (re-exported)
 
 SMALL_FILES = ("summary.json", "metrics.jsonl", "config.yaml")
-EVENT_KINDS_KEPT = None  # keep every event (they are few); rank_started gives start times
 MAX_EVENTS_BYTES = 200_000
 
 
@@ -46,10 +45,6 @@ def figures_dir() -> Path:
     """Where figures go: $PSLAB_FIGURES_DIR (tests point it at a temp dir), else results/figures."""
     env = os.environ.get("PSLAB_FIGURES_DIR")
     return Path(env).resolve() if env else results_root() / "figures"
-
-
-def write_jsonl_atomic(path, rows) -> None:
-    write_text_atomic(path, "".join(json.dumps(r, default=json_default) + "\n" for r in rows))
 
 
 def _resolve(path) -> Path:

@@ -6,7 +6,6 @@ medians over repetitions next to the quantities that do not depend on the schedu
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
@@ -239,6 +238,3 @@ def peak_rss_by_role(run: dict) -> dict:
         out[role] = max(out.get(role, 0), int(v))
     return out
 
-
-def finite(x) -> bool:
-    return x is not None and not (isinstance(x, float) and math.isnan(x))

@@ -19,8 +19,8 @@ from __future__ import annotations
 from .hazard import cdf, draw, event_failure_time, rank_failure_time, schedule
 from .injector import Injector, make_injector
 from .plan import (ACTIONS, ROLES, FaultEvent, FaultPlanError, HazardSpec, Plan, Resolved, Target, Trigger,
-                   layout, parse_plan, resolve_events, resolve_plan)
+                   layout, parse_plan, resolve_events)
 
 __all__ = ["ACTIONS", "ROLES", "FaultEvent", "FaultPlanError", "HazardSpec", "Injector", "Plan", "Resolved",
            "Target", "Trigger", "cdf", "draw", "event_failure_time", "layout", "make_injector", "parse_plan",
-           "rank_failure_time", "resolve_events", "resolve_plan", "schedule"]
+           "rank_failure_time", "resolve_events", "schedule"]

@@ -58,10 +58,8 @@ class Injector:
                 self._at(t, self._spec_event(e, drawn_s=t))
             elif (trig.kind == "step" and int(trig.value) == 0) or (trig.kind == "progress" and trig.value == 0):
                 self._fire(self._spec_event(e), step=0)  # "from the start"
-        self.hazard_draw = None
         if plan.hazard is not None:
             h = hz.my_failure_time(plan.hazard, plan.seed, role, index, rank, self.roles)
-            self.hazard_draw = h
             if h["eligible"]:
                 rec.event("hazard_drawn", hazard=plan.hazard.to_dict(), drawn_s=h["drawn_s"],
                           fires_at_s=h["fires_at_s"], capped=h["capped"],
@@ -154,10 +152,6 @@ class Injector:
             self._stopped = True
         for t in self._timers:
             t.cancel()
-
-    @property
-    def active(self) -> bool:
-        return bool(self.mine) or self.hazard_draw is not None
 
 
 def make_injector(cfg, role: str, index: int, rank: int, roles: dict, planned_steps: int, rec) -> Injector:

@@ -366,11 +366,6 @@ def resolve_events(plan: Plan, roles: dict) -> list[Resolved]:
     return out
 
 
-def resolve_plan(cfg_faults, roles: dict) -> list[Resolved]:
-    """parse_plan + resolve_events (kept for callers of the first version)."""
-    return resolve_events(parse_plan(cfg_faults), roles)
-
-
 __all__ = ["ACTIONS", "ROLES", "FaultPlanError", "HazardSpec", "Target", "Trigger", "FaultEvent", "Plan",
-           "Resolved", "parse_plan", "parse_event", "parse_hazard", "resolve_events", "resolve_plan", "layout",
+           "Resolved", "parse_plan", "parse_event", "parse_hazard", "resolve_events", "layout",
            "n_ranks"]

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -54,8 +54,6 @@ class Request:
     kind: str                                   # "pull" or "push"
     waiting: set                                # part ids yet to be answered
     out: np.ndarray | None = None               # pull: rows in the caller's key order
-    t0: float = 0.0
-    clock: int = 0
 
 
 class KVClient:
@@ -170,7 +168,6 @@ class KVClient:
     def _new(self, req: Request) -> int:
         ts = self.next_ts
         self.next_ts += 1
-        req.t0 = time.perf_counter()
         self.pending[ts] = req
         return ts
 
@@ -188,7 +185,7 @@ class KVClient:
         clock < 0 asks for a snapshot now (the coordinator's evaluation)."""
         keys = np.asarray(keys, np.uint64)
         groups = self.split(keys)
-        req = Request("pull", set(), out=np.empty((len(keys), self.dim), np.float32), clock=clock)
+        req = Request("pull", set(), out=np.empty((len(keys), self.dim), np.float32))
         ts = self._new(req)
         for s, (pos, k) in groups.items():
             self._send(ts, s, P.Msg(P.PULL, clock=clock, keys=k, gen=self.membership.gen), pos=pos, compress=compress)
@@ -202,7 +199,7 @@ class KVClient:
         keys = np.asarray(keys, np.uint64)
         groups = self.split_push(keys) if len(keys) else {}
         targets = self.membership.servers if all_servers else list(groups)
-        req = Request("push", set(), clock=clock)
+        req = Request("push", set())
         ts = self._new(req)
         for s in targets:
             if s in groups:
@@ -282,6 +279,3 @@ class KVClient:
                 raise RequestTimeout(ts, req.kind, self.missing_servers(ts), 2 * timeout)
         del self.pending[ts]
         return req.out
-
-    def outstanding(self) -> list[int]:
-        return list(self.pending)

@@ -84,11 +84,6 @@ class HashRing:
     def without(self, server: int) -> "HashRing":
         return HashRing([s for s in self.servers if s != server], self.virtual_nodes, self.replication)
 
-    def share(self) -> dict[int, float]:
-        """Fraction of the ring (key space) each server owns."""
-        counts = np.bincount(self.table.astype(np.int64), minlength=max(self.servers) + 1)
-        return {s: counts[s] / len(self.table) for s in self.servers}
-
 
 def group_by_server(owner: np.ndarray, servers) -> dict[int, np.ndarray]:
     """Positions of the keys of each server, in key order. Up to a few servers one

@@ -40,9 +40,6 @@ class Layout:
     def worker_rank(self, j: int) -> int:
         return 1 + self.servers + j
 
-    def rank_role(self, rank: int) -> tuple[str, int]:
-        return self.role_of(rank)
-
 
 @dataclass
 class Membership:

@@ -105,11 +105,9 @@ class Worker:
         self.tag_owner, self.tag_base = index, 0            # batch ids (backup instances)
         self.pushes: list[int] = []
         self.loss_sum = 0.0
-        self.reported_end = None                            # the end of the last `done` sent
         # failover accounting
         self.acked: dict[int, dict[int, int]] = defaultdict(lambda: defaultdict(int))  # server -> clock -> keys
         self.lost_updates = 0
-        self.failovers_seen = 0
 
     # ------------------------------------------------------------ control
 
@@ -167,7 +165,6 @@ class Worker:
             self.lost_updates += lost
         self.membership = new
         self.client.set_membership(new, fo)
-        self.failovers_seen += 1
 
     def on_extend(self, a: dict) -> None:
         if a.get("epoch") != self.epoch or self.stream is None:
