@@ -228,7 +228,7 @@ class SparseTable:
     def gather(self, keys: np.ndarray) -> np.ndarray:
         """Rows for keys without inserting: unseen keys get their init rows."""
         s = self.index.lookup(keys)
-        out = self.W[np.maximum(s, 0)] if len(self.W) else np.zeros((len(keys), 0))
+        out = take_rows(self.W, np.maximum(s, 0)) if len(self.W) else np.zeros((len(keys), 0))
         miss = s < 0
         if miss.any():
             out[miss] = self.model.init_rows(np.asarray(keys, np.uint64)[miss], self.dtype)

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ...observe import write_json_atomic, write_text_atomic
+
 
 def clock_dir(root: Path, clock: int) -> Path:
     return Path(root) / f"clock-{int(clock):08d}"
@@ -43,13 +45,8 @@ def write_manifest(root: Path, clock: int, info: dict) -> Path:
     if missing:
         raise FileNotFoundError(f"checkpoint at clock {clock}: shards {missing} are not on disk")
     path = d / "manifest.json"
-    tmp = d / f".manifest.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"clock": int(clock), **info}, indent=1))
-    os.replace(tmp, path)
-    latest = Path(root) / "LATEST"
-    tmp = Path(root) / f".LATEST.{os.getpid()}.tmp"
-    tmp.write_text(str(path.relative_to(root)) + "\n")
-    os.replace(tmp, latest)
+    write_json_atomic(path, {"clock": int(clock), **info})
+    write_text_atomic(Path(root) / "LATEST", str(path.relative_to(root)) + "\n")
     return path
 
 

@@ -87,12 +87,13 @@ class Server:
             return ring.route(keys) == self.index
         return (ring.replicas(keys) == self.index).any(1)
 
-    def owned(self) -> np.ndarray:
-        """Positions (in table order) of the keys this server owns (the rest are replicas)."""
+    def owned(self) -> tuple[np.ndarray, np.ndarray]:
+        """The keys this server owns (the rest are replicas), and their positions in table order."""
         keys = self.table.keys()
         if self.membership.ring.replication <= 1 or len(self.membership.servers) == 1:
-            return np.arange(len(keys))
-        return np.flatnonzero(self.membership.ring.route(keys) == self.index)
+            return keys, np.arange(len(keys))
+        own = np.flatnonzero(self.membership.ring.route(keys) == self.index)
+        return keys[own], own
 
     def handle(self, m: P.Msg) -> None:
         if m.cmd in (P.PUSH, P.PULL) and m.gen > self.membership.gen:
@@ -276,8 +277,7 @@ class Server:
         elif op == "checkpoint":
             self.checkpoint(int(m.meta["clock"]))
         elif op == "dump":
-            own = self.owned()
-            keys = self.table.keys()[own]
+            keys, own = self.owned()
             self.van.send(m.src, P.Msg(P.DATA, req=m.req, keys=keys, vals=self.table.W[own],
                                        meta={"op": "dump", "server": self.index}), kind="dump", compress=False)
         elif op == "stop":
@@ -286,10 +286,10 @@ class Server:
             raise ValueError(f"server {self.index}: unknown control message {m.meta}")
 
     def checkpoint(self, clock: int) -> None:
-        own = self.owned()  # the keys this server owns: every key is in exactly one shard
+        keys, own = self.owned()  # the keys this server owns: every key is in exactly one shard
         n = len(own)
         with self.rec.acct.timed("checkpoint"):
-            path = ckpt.write_shard(self.ckpt_root, clock, self.index, self.table.keys()[own], self.table.W[own],
+            path = ckpt.write_shard(self.ckpt_root, clock, self.index, keys, self.table.W[own],
                                     self.table.S[own])
         self.van.send(0, P.Msg(P.CTRL, clock=clock, meta={"op": "ckpt_done", "clock": clock, "server": self.index,
                                                          "shard": path.name, "keys": n, "updates": self.updates,
