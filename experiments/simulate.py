@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     for n, (c, notes) in by_size.items():
         print(f"[simulate] {n} ranks: " + "; ".join(f"{k}: {v}" for k, v in notes.items()))
     rows = S.validate_results(by_size, runs, args.validation_trials)
-    cal, notes, label = S.for_curves(runs)
+    cal, notes, label = S.for_curves(runs, by_size)
     cal_d = S.calibration_dict(cal, notes)
     cal_d["curves_from"] = label
     cal_d["by_size"] = {str(n): S.calibration_dict(c, nt) for n, (c, nt) in by_size.items()}

@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from pslab.config import CONF_DIR  # noqa: E402
 from pslab.launch import launch  # noqa: E402
+from pslab.observe import read_jsonl  # noqa: E402
 
 AUC_TOLERANCE = 0.01
 
@@ -125,12 +126,6 @@ def hazard_overrides(kind: str, rate: float, shape: float, seed: int, exclude_ra
     if not exclude_rank0:
         out.append("faults.hazard.exclude_ranks=[]")
     return out
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
 def append_jsonl(path: Path, obj: dict) -> None:

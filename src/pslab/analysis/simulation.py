@@ -6,7 +6,6 @@ the curves to 10,000 workers that the headline figure draws.
     cal, notes = S.calibrate_results(runs)  # pslab.sim.calibrate, per backend that has enough data
     rows = S.validate_results(cal, runs)    # simulated vs measured success, per measured cell
     curves = S.curves(cal, runs)            # N = 2 .. 10,000, measured and production regimes
-    S.write_all()                           # all of it to results/sim/*.json (experiments/simulate.py)
 
 What the measured runs give the simulator (see pslab.sim.calibrate for the fits):
 - success-rate trials (results/success_rate/trials.jsonl, one line per trial, and the
@@ -35,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import sim
-from .io import read_json, read_jsonl, results_root, write_json_atomic
+from .io import read_json, read_jsonl, results_root
 
 N_GRID = [2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 100, 150, 250, 400, 600, 1000, 1500, 2500, 4000, 6000, 10000]
 SIM_DIR = "sim"
@@ -460,32 +459,16 @@ def curves(cal, runs, ns=N_GRID, trials: int = 2000, job_hours: float = 1.0, rng
 # --------------------------------------------------------------------------- all of it
 
 
-def for_curves(runs: list[dict]):
+def for_curves(runs: list[dict], by_size: dict | None = None):
     """The calibration the curves extrapolate from: the smallest measured job size (the
     least oversubscribed, so the closest to one worker per core), where every backend
-    calibrates; else the pooled one. Returns (Calibration or None, notes, label)."""
-    for n, (c, notes) in sorted(calibrate_by_size(runs).items()):
+    calibrates; else the pooled one. Returns (Calibration or None, notes, label).
+    by_size: calibrate_by_size(runs), when the caller has it already."""
+    for n, (c, notes) in sorted((by_size or calibrate_by_size(runs)).items()):
         if c is not None and all(v == "calibrated" for k, v in notes.items() if k in ("allreduce", "elastic", "ps")):
             return c, notes, f"calibrated on the {n}-rank runs"
     c, notes = calibrate_results(runs)
     return c, notes, "calibrated on all runs"
-
-
-def write_all(root=None, trials: int = 2000, validation_trials: int = 4000) -> dict:
-    """Calibrate, validate and simulate from results/, writing results/sim/*.json."""
-    root = Path(root or results_root())
-    runs = calibration_runs(root)
-    by_size = calibrate_by_size(runs)
-    rows = validate_results(by_size, runs, validation_trials)
-    cal, notes, label = for_curves(runs)
-    cur = curves(cal, runs, trials=trials)
-    cur["calibration"] = label
-    out = root / SIM_DIR
-    write_json_atomic(out / "calibration.json", calibration_dict(cal, notes))
-    write_json_atomic(out / "validation.json", {"rows": rows, "inside": sum(r["inside"] for r in rows),
-                                                "cells": len(rows)})
-    write_json_atomic(out / "curves.json", cur)
-    return {"calibration": calibration_dict(cal, notes), "validation": rows, "curves": cur, "runs": len(runs)}
 
 
 def load_sim(root=None) -> dict:
