@@ -383,25 +383,20 @@ def launch(n: int, overrides: list[str], run_dir: Path | None = None, deadline: 
                 done_at = now
             if done_at is not None and now - done_at > GRACE_AFTER_RESULT_S:
                 # Rank 0 finished but the job does not end: a hung rank blocks MPI_Finalize.
-                end_group(proc, run_dir)
-                exit_code = proc.returncode
                 reason = "ended by the launcher after rank 0 completed (a rank did not exit)"
                 break
             if aborted_at is None and (run_dir / ABORT_MARKER).exists():
                 aborted_at = now
             if aborted_at is not None and now - aborted_at > GRACE_AFTER_ABORT_S:
-                # A rank called MPI_Abort, but under ULFM the job may linger: end it.
-                end_group(proc, run_dir)
-                exit_code = proc.returncode
-                marker = read_json(run_dir / ABORT_MARKER) or {}
-                reason = f"aborted: {marker.get('reason', 'a rank called MPI_Abort')}"
+                # A rank called MPI_Abort, but under ULFM the job may linger: end it (the
+                # reason is read from the marker below).
                 break
             if now - t0 > deadline - END_MARGIN_S * min(1.0, deadline / 20):
-                end_group(proc, run_dir)
-                exit_code = proc.returncode
                 reason = f"deadline of {deadline:g} s passed"
                 break
         end_group(proc, run_dir)  # no process outlives its run, whatever happened
+        if exit_code is None:  # ended by the launcher above
+            exit_code = proc.returncode
     wall = time.time() - t0
     if reason is None and (run_dir / ABORT_MARKER).exists():
         reason = f"aborted: {(read_json(run_dir / ABORT_MARKER) or {}).get('reason', 'a rank called MPI_Abort')}"
