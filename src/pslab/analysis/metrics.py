@@ -38,13 +38,13 @@ def success_rates(trials: list[dict], by=("backend_key", "ranks"), success="succ
 # --------------------------------------------------------------------------- time series
 
 
-def train_start_t(run: dict) -> float | None:
+def train_start_t(run: dict, ranks: list[dict] | None = None) -> float | None:
     """Wall-clock (epoch seconds) when training started: each worker's first logged step
     records extrapolated back to step 0 (set-up, data generation and waiting for the
     coordinator excluded), earliest over the workers. Falls back to the evaluation
-    clock's origin (t - elapsed_s of the first evaluation)."""
+    clock's origin (t - elapsed_s of the first evaluation). ranks: load_ranks(run), if read."""
     starts = []
-    for r in load_ranks(run):
+    for r in load_ranks(run) if ranks is None else ranks:
         if r.get("role") != "worker":
             continue
         pts = [(p["step"], p["t"]) for p in (r.get("first_steps") or []) if p.get("t") is not None and p.get("step")]
@@ -61,12 +61,14 @@ def train_start_t(run: dict) -> float | None:
     return None
 
 
-def worker_progress(run: dict):
+def worker_progress(run: dict, ranks: list[dict] | None = None, t0: float | None = None):
     """A function t (epoch seconds) -> (examples all workers had processed, slowest
     worker's step), interpolated from the workers' own step records (ranks.json), or None
-    when the run has no such records. Independent of when rank 0 got round to evaluating."""
-    t0 = train_start_t(run)
-    workers = [r for r in load_ranks(run) if r.get("role") == "worker" and len(r.get("step_t") or []) >= 1]
+    when the run has no such records. Independent of when rank 0 got round to evaluating.
+    ranks, t0: load_ranks(run) and train_start_t(run), if the caller has them."""
+    ranks = load_ranks(run) if ranks is None else ranks
+    t0 = train_start_t(run, ranks) if t0 is None else t0
+    workers = [r for r in ranks if r.get("role") == "worker" and len(r.get("step_t") or []) >= 1]
     if t0 is None or not workers:
         return None
     n_w = len(workers)
@@ -77,10 +79,6 @@ def worker_progress(run: dict):
     for r in workers:
         ts = np.array([t0] + list(r["step_t"]), float)
         st = np.array([0] + list(r["steps_logged"]), float)
-        last = r.get("last_step") or {}
-        if steps_total and r.get("finished") and st[-1] < steps_total and last.get("t"):
-            # a finished worker did all its steps; the last record may come before the end
-            pass
         order = np.argsort(ts)
         curves.append((ts[order], st[order]))
 
@@ -98,7 +96,8 @@ def eval_series(run: dict) -> dict:
     evaluate later than the clock its record names. Points that share a step keep the
     last."""
     evals = load_metrics(run)
-    t0 = train_start_t(run)
+    ranks = load_ranks(run)
+    t0 = train_start_t(run, ranks)
     keep: dict = {}
     for e in evals:
         keep[e.get("step")] = e
@@ -106,7 +105,7 @@ def eval_series(run: dict) -> dict:
     arr = lambda k: np.array([float(e.get(k)) if e.get(k) is not None else np.nan for e in ev])  # noqa: E731
     t = np.array([e["t"] - t0 for e in ev]) if t0 is not None and ev else arr("elapsed_s")
     examples, step = arr("examples"), arr("step")
-    prog = worker_progress(run) if ev else None
+    prog = worker_progress(run, ranks, t0) if ev and t0 is not None else None
     if prog is not None:
         got = [prog(e["t"]) for e in ev]
         if all(g[0] is not None for g in got):
