@@ -118,18 +118,12 @@ def worker(args) -> None:
 
 
 def mpirun_cmd(n: int, argv: list[str]) -> tuple[list[str], dict]:
-    from pslab.launch import find_mpirun, mpi_flavor
-    mpirun = find_mpirun()
-    cmd = [mpirun, "-n", str(n)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    if mpi_flavor(mpirun) == "openmpi":
-        if os.geteuid() == 0:
-            cmd.append("--allow-run-as-root")
-        cmd += ["--oversubscribe", "--with-ft", "ulfm"]
-        env.setdefault("OMPI_MCA_btl", "^ofi")
-        env.setdefault("OMPI_MCA_mtl", "^ofi")
-        env.setdefault("PRTE_MCA_prte_silence_shared_fs", "1")
-    return cmd + [sys.executable, "-m", "mpi4py", str(Path(__file__).resolve()), *argv], env
+    """The launcher's mpirun flags and environment (pslab.launch.mpirun_command), running
+    this file instead of pslab.train."""
+    from pslab.launch import find_mpirun, mpirun_command
+    cmd, env = mpirun_command(find_mpirun(), n, [], Path(tempfile.gettempdir()), None)
+    return cmd[:cmd.index(sys.executable)] + [sys.executable, "-m", "mpi4py", str(Path(__file__).resolve()),
+                                              *argv], env
 
 
 def exchange_bench(args) -> list[dict]:
