@@ -9,18 +9,22 @@ Part 1 (exchange). For each N the script runs itself under mpirun (Open MPI, the
 pslab.launch uses: --oversubscribe --with-ft ulfm, btl ^ofi). Each rank takes the
 gradient of a realistic minibatch: 1024 synthetic CTR rows (39 power-law keys each,
 `data=synthetic`) folded into 2^b keys: 17-20k touched keys per rank. For every
-model size it times, interleaved repeat by repeat after a warm-up, with a Barrier before
-each and the slowest rank's time counted:
-  bare    MPI.COMM_WORLD.Allreduce(IN_PLACE, buf) of the backend's gradient buffer (2^b float32)
-  dense   DenseExchange: write the rank's rows into the buffer, a 24-byte Allreduce of (loss,
-          rows, touched keys), [the touched-key bitmap Allreduce (BOR), models > 2^21
-          cells only], the gradient Allreduce, finding the union of the touched keys (signed
-          zeros or bitmap), reading back and re-zeroing the union's rows
+model size it times, interleaved repeat by repeat in a shuffled order after a warm-up,
+with a Barrier before each and the slowest rank's time counted:
+  bare    MPI.COMM_WORLD.Allreduce(IN_PLACE, buf) of a buffer as large as the backend's
+          (2^b float32 gradient cells and the tail of the step's numbers, 4 + N floats)
+  dense   DenseExchange, the whole exchange: write the rank's rows and numbers into the
+          buffer, [the touched-key bitmap Allreduce (BOR), models > 2^21 cells only], the
+          buffer's Allreduce, finding the union of the touched keys (signed zeros or
+          bitmap), reading back and re-zeroing the union's rows
   sparse  SparseExchange: Allgather of counts, Allgatherv of (key, value) records, union and sums
-and prints medians and the ratios dense/bare and sparse/bare (target for dense: <= 1.2),
-the share of the dense exchange spent inside its MPI calls (MPI/bare), the time outside
-MPI (numpy: packing, the union, unpacking), and the ratio of the fastest repeats (less
-sensitive to other jobs on a shared machine).
+and prints medians and the ratio dense/bare (target: <= 1.2), split into the time inside
+the exchange's MPI calls (MPI/bare; the same single Allreduce as bare at <= 2^21 cells,
+plus the ranks' skew) and the rest, the sparse-to-dense conversion (convert: packing,
+the union, unpacking); the ratio of the fastest repeats (less sensitive to other jobs on
+a shared machine); and, for scale, one AdaGrad update of every key of the model on one
+rank (full update): what the classic design, which applies the dense sum to the whole
+model, pays per step instead of the conversion.
 
 Part 2 (end to end). `python -m pslab.launch -n N backend=allreduce` on synthetic data
 (65,536 rows, 2 epochs, 2^20 keys, global batch 4096, LR) for N = 1, 2, 4, dense and
@@ -71,6 +75,20 @@ def timed(comm, fn, ex=None) -> tuple[float, float]:
     return float(out[0]), float(out[1])
 
 
+def full_update_s(n: int, repeats: int = 5) -> float:
+    """Median seconds of one AdaGrad step on all n keys (LR: one weight each), as a dense
+    optimizer update of the whole replica would take it."""
+    from pslab.optim import AdaGrad
+    opt, w, acc = AdaGrad(lr=0.1), np.zeros((n, 1), np.float32), np.full((n, 1), 0.1, np.float32)
+    g = np.random.default_rng(0).standard_normal((n, 1)).astype(np.float32)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        opt.update(w, acc, g)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
 def worker(args) -> None:
     from mpi4py import MPI
 
@@ -82,7 +100,7 @@ def worker(args) -> None:
         n = 1 << bits
         keys = batch_keys(comm.rank, bits)
         grad = np.random.default_rng(comm.rank).standard_normal((len(keys), 1)).astype(np.float32)
-        dense, sparse = DenseExchange(n, 1, Accounting()), SparseExchange(n, 1, Accounting())
+        dense, sparse = DenseExchange(n, 1, Accounting(), comm.size), SparseExchange(n, 1, Accounting())
         bare = np.zeros(dense.flat.size, np.float32)
         ops = {"bare": (lambda: comm.Allreduce(MPI.IN_PLACE, bare, op=MPI.SUM), None),
                "dense": (lambda: dense(comm, keys, grad, 1024, 0.0), dense),
@@ -91,11 +109,15 @@ def worker(args) -> None:
         times = {k: [] for k in ops}
         mpi = {k: [] for k in ops}
         for i in range(args.warmup + reps):
-            for name, (fn, ex) in ops.items():
+            # a new order each repeat (the same on every rank: the collectives must match), so
+            # that no op always runs with the caches another one left behind
+            for name in np.random.default_rng(i).permutation(list(ops)):
+                fn, ex = ops[name]
                 dt, dm = timed(comm, fn, ex)
                 if i >= args.warmup:
                     times[name].append(dt)
                     mpi[name].append(dm)
+        full_update = full_update_s(n)
         union = np.array([len(keys), dense.last_union])
         comm.Allreduce(MPI.IN_PLACE, union[:1], op=MPI.SUM)
         if comm.rank == 0:
@@ -110,6 +132,7 @@ def worker(args) -> None:
                               "dense_mpi_s": med_mpi["dense"], "sparse_mpi_s": med_mpi["sparse"],
                               "dense_mpi_ratio": med_mpi["dense"] / med["bare"], "dense_outside_mpi_s": outside,
                               "dense_union": "bitmap" if dense.words is not None else "signed zeros",
+                              "full_update_s": full_update,
                               "best_bare_s": best["bare"], "best_dense_s": best["dense"],
                               "best_sparse_s": best["sparse"], "best_dense_ratio": best["dense"] / best["bare"],
                               "bytes_buffer": int(dense.buffer_bytes), "bytes_bitmap": int(dense.bitmap_bytes)}),
@@ -179,17 +202,19 @@ def e2e_bench(args) -> list[dict]:
 
 def print_exchange(rows: list[dict]) -> None:
     print("\nGradient exchange per step, median over repeats (slowest rank), LR (1 float32 per key)")
-    print("dense = whole exchange (pack, meta [+ bitmap] + gradient Allreduce, union, unpack); MPI = its MPI calls")
-    print("only; numpy = the rest (median of dense - MPI per repeat); union = how dense finds the touched keys;")
-    print("best = ratio of the fastest repeats (less sensitive to other jobs on the machine than the medians)")
+    print("dense = the whole exchange (pack, [bitmap +] buffer Allreduce, union, unpack); MPI = its MPI calls only;")
+    print("convert = the rest, sparse rows to the dense buffer and back (median of dense - MPI per repeat); union =")
+    print("how dense finds the touched keys; best = ratio of the fastest repeats (less sensitive to other jobs);")
+    print("full update = one AdaGrad step on every key, what a dense update of the replica costs instead of convert")
     print(f"{'N':>2} {'params':>7} {'touched':>8} {'union':>7} {'bare ms':>8} {'dense ms':>9} {'dense/bare':>10} "
-          f"{'MPI/bare':>8} {'numpy ms':>8} {'union by':>12} {'sparse ms':>9} {'sparse/bare':>11} "
-          f"{'best dense/bare':>15}")
+          f"{'MPI/bare':>8} {'convert ms':>10} {'full update ms':>14} {'union by':>12} {'sparse ms':>9} "
+          f"{'sparse/bare':>11} {'best dense/bare':>15}")
     for r in rows:
         print(f"{r['ranks']:>2} {'2^%d' % r['bits']:>7} {r['touched_per_rank']:>8} {r['union']:>7} "
               f"{1e3 * r['bare_s']:>8.3f} {1e3 * r['dense_s']:>9.3f} {r['dense_ratio']:>10.2f} "
-              f"{r['dense_mpi_ratio']:>8.2f} {1e3 * r['dense_outside_mpi_s']:>8.3f} {r['dense_union']:>12} "
-              f"{1e3 * r['sparse_s']:>9.3f} {r['sparse_ratio']:>11.2f} {r['best_dense_ratio']:>15.2f}")
+              f"{r['dense_mpi_ratio']:>8.2f} {1e3 * r['dense_outside_mpi_s']:>10.3f} {1e3 * r['full_update_s']:>14.3f} "
+              f"{r['dense_union']:>12} {1e3 * r['sparse_s']:>9.3f} {r['sparse_ratio']:>11.2f} "
+              f"{r['best_dense_ratio']:>15.2f}")
 
 
 def main() -> int:

@@ -18,7 +18,7 @@ import numpy as np
 import psutil
 import pytest
 
-from pslab.backends.allreduce import SCAN_MAX_CELLS, DenseExchange, bitmap_keys, make_exchange, \
+from pslab.backends.allreduce import SCAN_MAX_CELLS, TAIL_DUR, DenseExchange, bitmap_keys, make_exchange, \
     ring_allgather_bytes, ring_allreduce_bytes
 from pslab.backends.elastic import Plan, Stream, split_batch
 from pslab.data import Dataset, Deduper, Rows
@@ -131,7 +131,7 @@ def test_dense_exchange_on_one_rank_returns_the_touched_rows_and_leaves_zeros(n,
         order, want = np.argsort(union), np.argsort(keys)
         assert np.array_equal(union[order], keys[want]) and np.array_equal(g[order], grad[want])
         assert (rows, loss) == (7, 1.5) and ex.last_union == touched
-        assert np.array_equal(ex.flat.view(np.uint32), np.full(n * dim, ex.zero).view(np.uint32))
+        assert np.array_equal(ex.flat.view(np.uint32), np.full(n * dim + TAIL_DUR + 1, ex.zero).view(np.uint32))
         assert (ex.words is None or not ex.words.any()) and (ex.flags is None or not ex.flags.any())
 
 
@@ -171,12 +171,16 @@ def test_dense_needs_folded_keys():
         make_exchange("dense", None, 1, Accounting())
     with pytest.raises(ValueError, match="dense or sparse"):
         make_exchange("ring", 1 << 8, 1, Accounting())
-    ex = DenseExchange(1 << 10, 9, Accounting())  # small: signed zeros, no bitmap
-    assert ex.buffer_bytes == (1 << 10) * 9 * 4 and ex.bitmap_bytes == 0
-    ex = DenseExchange(1 << 22, 1, Accounting())  # large: a touched-key bitmap
-    assert ex.buffer_bytes == (1 << 22) * 4 and ex.bitmap_bytes == (1 << 22) // 8
-    assert ex.step_bytes(4) == {"allreduce_meta": 36, "allreduce_touched": 3 * (1 << 22) // 16,
-                                "allreduce_grad": 6 * (1 << 22)}
+    with pytest.raises(ValueError, match="train.batch_size=16777216"):
+        make_exchange("dense", 1 << 8, 1, Accounting(), ranks=2, batch=1 << 24)
+    # the buffer: the gradient cells, then the step's numbers (loss, rows, touched keys, a
+    # canary) and one duration cell per rank
+    ex = DenseExchange(1 << 10, 9, Accounting(), ranks=4)  # small: signed zeros, no bitmap
+    assert ex.buffer_bytes == ((1 << 10) * 9 + 4 + 4) * 4 and ex.bitmap_bytes == 0
+    assert ex.step_bytes(4) == {"allreduce_grad": 2 * 3 * ex.buffer_bytes // 4}  # one collective a step
+    ex = DenseExchange(1 << 22, 1, Accounting(), ranks=4)  # large: a touched-key bitmap
+    assert ex.buffer_bytes == ((1 << 22) + 8) * 4 and ex.bitmap_bytes == (1 << 22) // 8
+    assert ex.step_bytes(4) == {"allreduce_touched": 3 * (1 << 22) // 16, "allreduce_grad": 6 * ((1 << 22) + 8)}
 
 
 # -- MPI runs ---------------------------------------------------------------------------
@@ -239,18 +243,17 @@ def test_dense_lr_on_4_ranks_matches_local_and_counts_its_bytes(run):
     assert_same_model(ref, r, fm=False)
     assert abs(r["test_auc"] - ref["test_auc"]) < 1e-4
     assert (r["workers"], r["servers"], r["consistency"], r["ranks_alive_end"]) == (4, 0, "bsp", 4)
-    # Bytes: a ring Allreduce of the whole buffer, whatever the batch: 2(N-1)/N x the
-    # gradient buffer (2^18 float32; the union travels in it as signed zeros, no bitmap at
-    # this size) plus the same of the (loss, rows, touched keys) float64 triple.
-    buf, meta = 2 ** 18 * 4, 3 * 8
+    # Bytes: one ring Allreduce of the whole buffer a step, whatever the batch: 2(N-1)/N x
+    # the buffer: 2^18 float32 gradient cells (the union travels in them as signed zeros,
+    # no bitmap at this size) and a tail of 4 + N cells (the step's numbers).
+    buf = (2 ** 18 + 4 + 4) * 4
     assert r["grad_buffer_bytes"] == buf and r["touched_bitmap_bytes"] == 0
-    per_step = 2 * 3 * buf // 4 + 2 * 3 * meta // 4
+    per_step = 2 * 3 * buf // 4
     assert r["dense_bytes_per_step_per_rank_ring_est"] == per_step
     assert 1.5 <= per_step / (2 ** 18 * 4) < 1.6  # about 2x the model for large N: 2(N-1)/N = 1.5 at N=4
     recs = rank_records(r)
     for rank, rec in recs.items():
-        assert rec["bytes_by_kind"] == {"allreduce_grad": r["steps"] * (2 * 3 * buf // 4),
-                                        "allreduce_meta": r["steps"] * (2 * 3 * meta // 4)}, rank
+        assert rec["bytes_by_kind"] == {"allreduce_grad": r["steps"] * per_step}, rank
         assert rec["peak_rss_bytes"] > 0 and {"compute", "comm", "wait"} <= set(rec["seconds"])
     assert r["bytes_sent"] == 4 * r["steps"] * per_step
     # metrics.jsonl: rank 0's held-out evaluations; per-rank step lines carry cumulative bytes
@@ -297,6 +300,23 @@ def test_sparse_fm_on_2_ranks_matches_local_and_counts_its_bytes(run):
 
 
 @pytest.mark.mpi
+def test_dense_wait_is_the_idle_time_a_straggler_causes(run):
+    """The dense exchange has one collective a step, so "wait" is measured from the ranks'
+    times in it (each rank's minus the shortest, sent in the next step's tail). Rank 1
+    sleeps 20x its gradient time before each exchange (~15 ms a step: far above the noise of
+    a loaded 2-core machine): rank 0 idles about that long in the Allreduce (less the last
+    step's, which is never sent), rank 1 next to nothing."""
+    r = run(2, "backend=allreduce", "data=criteo_sample", "train.epochs=1", "train.eval_every=0",
+            "faults=straggler", "faults.events.0.factor=21")
+    assert r["status"] == "succeeded"
+    fast, slow = r["time_split_s"]["0"], r["time_split_s"]["1"]
+    slept = 20 * slow["compute"]  # the injector sleeps (factor - 1) x the step's gradient time
+    assert fast["wait"] > 0.5 * slept, (fast, slow)
+    assert slow["wait"] < 0.5 * fast["wait"], (fast, slow)
+    assert min(fast["comm"], slow["comm"]) > 0  # the idle part moved out of comm, never below zero
+
+
+@pytest.mark.mpi
 def test_classic_kill_fails_the_job_fast_and_leaves_no_process(run):
     r = run(4, "backend=allreduce", "data=criteo_sample", "faults=kill_one_worker")
     assert r["status"] == "failed" and r["exit_code"] not in (0, None)
@@ -320,7 +340,7 @@ def test_classic_kill_still_reports_the_bytes_and_time_of_the_steps_before(run):
     the bytes sent (steps x the dense arithmetic) and the time split."""
     r = run(4, "backend=allreduce", "data=criteo_sample", "faults=kill_one_worker")  # the run above
     assert r["status"] == "failed"
-    per_step = 2 * 3 * (2 ** 18 * 4) // 4 + 2 * 3 * 24 // 4  # dense LR, 2^18 keys, N=4: buffer + meta
+    per_step = 2 * 3 * ((2 ** 18 + 4 + 4) * 4) // 4  # dense LR, 2^18 keys, N=4: buffer and its tail
     flushed = {}
     for p in (r.dir / "ranks").glob("rank-*.metrics.jsonl"):
         lines = [json.loads(x) for x in p.read_text().splitlines()]
@@ -329,7 +349,7 @@ def test_classic_kill_still_reports_the_bytes_and_time_of_the_steps_before(run):
             m = mine[-1]
             assert m["why"] == "failure_detected" and m["step"] > 0
             assert m["bytes_sent"] == m["step"] * per_step  # every completed step, nothing else
-            assert m["bytes_by_kind"]["allreduce_grad"] == m["step"] * (2 * 3 * 2 ** 18 * 4 // 4)
+            assert m["bytes_by_kind"] == {"allreduce_grad": m["step"] * per_step}
             assert m["seconds"]["comm"] > 0 and m["seconds"]["compute"] > 0
             flushed[m["rank"]] = m
     detected = {e["rank"] for e in r.events("failure_detected")}
@@ -414,7 +434,7 @@ def test_dense_bytes_do_not_depend_on_the_batch(run):
         r = run(2, "backend=allreduce", f"train.batch_size={batch}", "data=criteo_sample", "train.epochs=1")
         assert r["status"] == "succeeded"
         per_step.append(r["bytes_sent"] / r["steps"] / 2)
-    assert per_step[0] == per_step[1] == 2 ** 18 * 4 + 3 * 8  # the buffer and (loss, rows, touched keys)
+    assert per_step[0] == per_step[1] == (2 ** 18 + 4 + 2) * 4  # the buffer, its tail of 4 + N cells
 
 
 @pytest.mark.mpi

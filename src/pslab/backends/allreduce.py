@@ -15,9 +15,10 @@ backend.lanes=N` builds the very same global batches, so both give the same mode
 
 Exchange (`backend.mode`):
 - dense: the classic design. One preallocated float32 buffer as large as the model
-  (n_features x dim) is summed in place with `Allreduce`, after a small `Allreduce` of
-  the step's (loss, rows, touched keys) that every rank waits in for the slowest. The
-  update must touch exactly the keys some rank touched (the local trainer updates every
+  (n_features x dim) is summed in place with one `Allreduce` per step. The step's numbers
+  ride in a tail of the same buffer, so they cost no collective of their own: the rows and
+  the loss, the touched-key count, a canary cell, and one cell per rank for its previous
+  Allreduce's duration (for the wait accounting below). The update must touch exactly the keys some rank touched (the local trainer updates every
   key of the batch, also one whose summed gradient happens to be 0, which matters for L2
   and FTRL), and that union is found in one of two ways, chosen by the model's size:
   * up to SCAN_MAX_CELLS cells (8 MB): signed zeros. Untouched cells hold -0.0, a rank
@@ -29,13 +30,13 @@ Exchange (`backend.mode`):
     costs no bytes, no bitmap to build and no second collective, only a scan of the
     buffer (a vectorized compare + np.flatnonzero: ~0.05 ms at 2^16 keys, ~0.4 ms at
     2^20). This needs an MPI whose SUM adds the contributions (what every Allreduce
-    algorithm does): one that started from +0.0 would mark every key touched, which the
-    step detects (the union cannot be larger than the sum of the ranks' touched keys);
-    all ranks then switch to the bitmap below, for that step and the rest of the run
-    (summary.json: union_method).
+    algorithm does): one that started from +0.0 would mark every key touched. The canary
+    cell, which no rank writes, catches that: it comes back +0.0. All ranks see the
+    same sum, so all of them then switch to the bitmap below, for that step and the
+    rest of the run (summary.json: union_method).
     Flush-to-zero arithmetic (-ffast-math) would turn a sum below 1e-38 into a zero and
     could drop such a key; MPI libraries are not built that way.
-  * above: a touched-key bitmap (n_features/8 bytes) OR-ed with a third `Allreduce`
+  * above: a touched-key bitmap (n_features/8 bytes) OR-ed with a second `Allreduce`
     (scanning 64 MB for the union would cost more than the bitmap: ~6 ms vs ~1-2 ms at
     2^24 keys). The union is read from the bitmap, bit by bit where it is sparse.
   Only the union's rows are read back and re-zeroed (or the whole buffer memset when the
@@ -49,10 +50,13 @@ Accounting. Bytes are counted at the call sites as the algorithm puts them on th
 per rank: a ring Allreduce of S bytes sends 2(M-1)/M*S, a ring Allgather(v) sends every
 block but one (total - the next rank's block). These estimates go to `rec.acct.sent`
 (bytes_sent in summary.json); the bytes this rank hands to MPI ("payload") are reported
-next to them. Time: "wait" is the first, small collective of each step ((loss, rows,
-touched keys) or counts), which cannot end before the last rank arrives, so it measures idle time plus
-one small message; "comm" is the big collective(s) plus packing and unpacking; "compute" is
-the gradient and the optimizer update; "eval" is rank 0's held-out evaluation.
+next to them. Time: "comm" is the exchange (packing, the collectives, unpacking) and
+"compute" the gradient and the optimizer update. "wait" is the idle part of the
+collectives: in dense mode a rank's time in a step's Allreduce minus the shortest rank's
+time in it (the last to arrive waits for nobody; the durations travel in the next step's
+tail, so the last step's idle stays under "comm"); in sparse mode the first, small
+collective of each step (the counts), which cannot end before the last rank arrives.
+"eval" is rank 0's held-out evaluation.
 
 Failures. Every job runs under `mpirun --with-ft ulfm`, so survivors see a dead rank as an
 MPI.Exception in their next collective. Classic mode (backend.elastic=false) records
@@ -76,6 +80,9 @@ FLAGS_MAX_KEYS = 1 << 20  # up to here the touched bitmap is built from a bool a
 DENSE_SHARE = 12  # a union of more than 1/12 of the keys is read and cleared with whole-array ops
 SCAN_MAX_CELLS = 1 << 21  # dense buffers up to 8 MB find the union by signed zeros, larger ones by a bitmap
 NEG0_BITS = np.uint32(0x80000000)  # float32 -0.0
+# the buffer's tail, after the n x dim gradient cells: the step's numbers travel in the
+# gradient's own Allreduce (exact: rows and touched keys are integers below 2^24)
+TAIL_LOSS, TAIL_ROWS, TAIL_TOUCHED, TAIL_CANARY, TAIL_DUR = 0, 1, 2, 3, 4  # TAIL_DUR + r: rank r's last Allreduce s
 PEEL_ROUNDS = 4  # bitmap_keys: rounds of lowest-set-bit extraction before unpacking the words left
 _POP8 = np.array([bin(i).count("1") for i in range(256)], np.uint8)  # set bits per byte value
 
@@ -131,30 +138,36 @@ def bitmap_keys(words: np.ndarray) -> np.ndarray:
 
 
 class DenseExchange:
-    """Dense in-place Allreduce of a model-sized buffer; the union of the touched keys from
-    signed zeros (small models) or a touched-key bitmap (large ones), see the module
-    docstring. Per step outside MPI: write the rank's rows into the buffer, find the union,
-    gather its rows (np.take), re-zero them (or memset the buffer when the union holds more
-    than 1/DENSE_SHARE of the keys, as at 2^16: ~45% of the keys at N=2). The bitmap is built
-    from bool flags + np.packbits up to FLAGS_MAX_KEYS keys; above, np.packbits over 2^24
-    flags would cost ~1 ms, so np.bitwise_or.at on the words, whose work follows the keys."""
+    """Dense in-place Allreduce of a model-sized buffer, the step's numbers in its tail; the
+    union of the touched keys from signed zeros (small models) or a touched-key bitmap
+    (large ones), see the module docstring. Per step outside MPI: write the rank's rows and
+    numbers into the buffer, find the union, gather its rows (np.take), re-zero them (or
+    memset the buffer when the union holds more than 1/DENSE_SHARE of the keys, as at 2^16:
+    ~45% of the keys at N=2). The bitmap is built from bool flags + np.packbits up to
+    FLAGS_MAX_KEYS keys; above, np.packbits over 2^24 flags would cost ~1 ms, so
+    np.bitwise_or.at on the words, whose work follows the keys."""
 
     mode = "dense"
 
-    def __init__(self, n_features: int, dim: int, acct):
-        self.n, self.dim, self.acct = int(n_features), int(dim), acct
-        self.flat = np.zeros(self.n * self.dim, np.float32)
-        self.G = self.flat.reshape(self.n, self.dim)
+    def __init__(self, n_features: int, dim: int, acct, ranks: int = 1):
+        self.n, self.dim, self.acct, self.ranks = int(n_features), int(dim), acct, int(ranks)
+        cells = self.n * self.dim
+        self.flat = np.zeros(cells + TAIL_DUR + self.ranks, np.float32)  # what travels
+        self.grad = self.flat[:cells]
+        self.G = self.grad.reshape(self.n, self.dim)
         # the rows as indexed per key: with one float per key the flat array itself (1-D fancy
         # indexing is ~1.5x faster than on an (n, 1) array)
-        self.by_key = self.flat if self.dim == 1 else self.G
-        self.meta = np.zeros(3, np.float64)  # loss, rows, touched keys: exact sums in float64
-        signed_zeros = self.flat.size <= SCAN_MAX_CELLS
+        self.by_key = self.grad if self.dim == 1 else self.G
+        self.tail = self.flat[cells:]
+        signed_zeros = cells <= SCAN_MAX_CELLS
         self.use_union_method(signed_zeros, "signed zeros" if signed_zeros else "bitmap")
         self.flat[:] = self.zero
         self.payload = 0
         self.mpi_s = 0.0  # seconds inside MPI calls (the benchmark splits MPI from packing)
         self.last_union = 0
+        self.last_collective_s = None  # this rank's last Allreduce, reported in the next step's tail
+        self._step_bytes: dict[int, dict] = {}
+        acct.seconds["wait"] += 0.0  # present from the start, also in runs of one rank
 
     @property
     def buffer_bytes(self) -> int:
@@ -170,6 +183,7 @@ class DenseExchange:
         self.flags = None
         if self.words is not None and self.n <= FLAGS_MAX_KEYS:
             self.flags = np.zeros(len(self.words) * 64, bool)
+        self._step_bytes = {}
 
     @property
     def bitmap_bytes(self) -> int:
@@ -177,19 +191,23 @@ class DenseExchange:
 
     def step_bytes(self, m: int) -> dict:
         """What one rank sends per step, whatever the batch (the arithmetic tests check)."""
-        out = {"allreduce_meta": ring_allreduce_bytes(self.meta.nbytes, m)}
-        if self.words is not None:
-            out["allreduce_touched"] = ring_allreduce_bytes(self.bitmap_bytes, m)
-        out["allreduce_grad"] = ring_allreduce_bytes(self.buffer_bytes, m)
-        return out
+        if m not in self._step_bytes:
+            out = {}
+            if self.words is not None:
+                out["allreduce_touched"] = ring_allreduce_bytes(self.bitmap_bytes, m)
+            out["allreduce_grad"] = ring_allreduce_bytes(self.buffer_bytes, m)
+            self._step_bytes[m] = out
+        return self._step_bytes[m]
 
     def reset(self) -> None:
-        """After a failed collective the buffers hold partial sums: start clean."""
+        """After a failed collective the buffers hold partial sums: start clean, and the
+        communicator changes, so the last Allreduce's time has nobody to be compared with."""
         self.flat[:] = self.zero
         if self.words is not None:
             self.words[:] = 0
         if self.flags is not None:
             self.flags[:] = False
+        self.last_collective_s = None
 
     def touched_bitmap(self, k: np.ndarray) -> None:
         """Set the bits of this rank's keys (unique, any order) in self.words (all zero)."""
@@ -201,33 +219,36 @@ class DenseExchange:
             np.bitwise_or.at(self.words, k >> 6, ONE << (k & 63).astype(np.uint64))
 
     def union(self, touched_all: float) -> np.ndarray:
-        """The keys some rank touched this step (after the sums); touched_all is the sum of
-        the ranks' touched keys, an upper bound of the union's size."""
+        """The keys some rank touched this step (after the sums); touched_all, the sum of
+        the ranks' touched keys (an upper bound of the union's size), picks the scan."""
         if self.words is not None:
             return bitmap_keys(self.words)
         # -0.0 exactly where no rank wrote (any column will do: a touched row has no -0.0)
         col = self.G[:, 0].view(np.uint32)
         if touched_all * DENSE_SHARE > self.n:
-            union = np.flatnonzero(col != NEG0_BITS)  # ~0.5 ns a key, whatever the share touched
-        else:
-            # Few keys touched: np.flatnonzero over all n flags would cost ~0.5 ms at 2^20.
-            # Skip the groups of 8 keys nobody touched (a uint64 view of the flags), then
-            # read the touched groups' flags only.
-            np.not_equal(col, NEG0_BITS, out=self.mask[: self.n])
-            w = self.mask.view(np.uint64)
-            groups = np.flatnonzero(w != 0)
-            p = np.flatnonzero(w[groups].view(bool))
-            union = groups[p >> 3] * 8 + (p & 7)
-        if len(union) > touched_all:
-            return None  # more keys look touched than the ranks touched: this MPI lost the -0.0s
+            return np.flatnonzero(col != NEG0_BITS)  # ~0.5 ns a key, whatever the share touched
+        # Few keys touched: np.flatnonzero over all n flags would cost ~0.5 ms at 2^20.
+        # Skip the groups of 8 keys nobody touched (a uint64 view of the flags), then
+        # read the touched groups' flags only.
+        np.not_equal(col, NEG0_BITS, out=self.mask[: self.n])
+        w = self.mask.view(np.uint64)
+        groups = np.flatnonzero(w != 0)
+        p = np.flatnonzero(w[groups].view(bool))
+        union = np.take(groups, p >> 3)
+        union <<= 3
+        union |= p & 7
         return union
 
+    def lost_signed_zeros(self) -> bool:
+        """The canary cell nobody writes is -0.0 after the sum, unless this MPI's SUM does
+        not keep -0.0 (a reduction that starts from +0.0, or hardware offload)."""
+        return self.signed_zeros and self.tail[TAIL_CANARY:TAIL_CANARY + 1].view(np.uint32)[0] != NEG0_BITS
+
     def fall_back_to_bitmap(self, comm, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """This MPI's SUM does not keep -0.0 (e.g. a reduction that starts from +0.0, or
-        hardware offload): from this step on, find the union with the touched-key bitmap.
-        Every rank sees the same summed buffer, so all of them take this branch together and
-        the extra collective below matches. The sums themselves are right; only the union
-        must come from the bitmap, built from this step's own keys."""
+        """From this step on, find the union with the touched-key bitmap. Every rank sees
+        the same summed buffer, so all of them take this branch together and the extra
+        collective below matches. The sums themselves are right; only the union must come
+        from the bitmap, built from this step's own keys."""
         from mpi4py import MPI
         self.use_union_method(False, "bitmap (this MPI's SUM lost the signed zeros)")
         self.touched_bitmap(k)
@@ -240,43 +261,74 @@ class DenseExchange:
         self.words[:] = 0
         return union, g
 
-    def __call__(self, comm, keys, grad, rows: int, loss: float):
+    def pack(self, comm, keys, grad, rows: int, loss: float) -> np.ndarray:
+        """Write this rank's rows and numbers into the buffer (and its keys into the
+        bitmap); the keys as int64 positions."""
+        # folded keys are below 2^b: their uint64 bits read as int64 positions, no copy
+        k = keys.view(np.int64) if keys.dtype == np.uint64 else keys.astype(np.int64)
+        grad = grad.reshape(len(k), *self.by_key.shape[1:])  # (t, 1) -> (t,) when self.by_key is 1-D
+        if self.signed_zeros:
+            self.by_key[k] = grad + np.float32(0.0)  # turns a -0.0 of grad into +0.0: touched
+        else:
+            self.by_key[k] = grad
+            self.touched_bitmap(k)
+        tail = self.tail
+        tail[TAIL_LOSS], tail[TAIL_ROWS], tail[TAIL_TOUCHED] = loss, rows, len(k)
+        if self.last_collective_s is not None:
+            tail[TAIL_DUR + comm.rank] = self.last_collective_s
+        return k
+
+    def reduce(self, comm) -> None:
+        """The step's collectives: the bitmap's OR (large models only), then the sum of the
+        buffer. Their time goes into the next step's tail."""
         from mpi4py import MPI
-        acct, m = self.acct, comm.size
-        with acct.timed("comm"):
-            k = keys.astype(np.int64)
-            grad = grad.reshape(len(k), *self.by_key.shape[1:])  # (t, 1) -> (t,) when self.by_key is 1-D
-            if self.signed_zeros:
-                self.by_key[k] = grad + np.float32(0.0)  # turns a -0.0 of grad into +0.0: touched
-            else:
-                self.by_key[k] = grad
-                self.touched_bitmap(k)
-            meta = self.meta
-            meta[0], meta[1], meta[2] = loss, rows, len(k)
         t0 = time.perf_counter()
-        with acct.timed("wait"):
-            comm.Allreduce(MPI.IN_PLACE, meta, op=MPI.SUM)
-        with acct.timed("comm"):
-            if self.words is not None:
-                comm.Allreduce(MPI.IN_PLACE, self.words, op=MPI.BOR)
-            comm.Allreduce(MPI.IN_PLACE, self.flat, op=MPI.SUM)
-            self.mpi_s += time.perf_counter() - t0
-            for kind, nbytes in self.step_bytes(m).items():
-                acct.sent(kind, nbytes)
-            self.payload += meta.nbytes + self.bitmap_bytes + self.buffer_bytes
-            union = self.union(meta[2])
-            if union is None:
-                union, g = self.fall_back_to_bitmap(comm, k)
+        if self.words is not None:
+            comm.Allreduce(MPI.IN_PLACE, self.words, op=MPI.BOR)
+        comm.Allreduce(MPI.IN_PLACE, self.flat, op=MPI.SUM)
+        self.last_collective_s = time.perf_counter() - t0
+        self.mpi_s += self.last_collective_s
+        for kind, nbytes in self.step_bytes(comm.size).items():
+            self.acct.sent(kind, nbytes)
+        self.payload += self.bitmap_bytes + self.buffer_bytes
+
+    def idle_of_last_step(self, comm) -> float:
+        """How long this rank waited in the previous step's collective for the others: its
+        time in it minus the shortest rank's (the last to arrive waits for nobody, so its
+        time is the collective's own). 0 when a rank has no previous time to report."""
+        d = self.tail[TAIL_DUR:TAIL_DUR + comm.size]
+        if comm.size < 2 or not (d > 0).all():
+            return 0.0
+        return float(d[comm.rank]) - float(d.min())
+
+    def unpack(self, comm, k: np.ndarray):
+        """The union of the touched keys and its summed rows; the buffer left clean."""
+        tail = self.tail
+        rows, loss, touched_all = round(float(tail[TAIL_ROWS])), float(tail[TAIL_LOSS]), float(tail[TAIL_TOUCHED])
+        idle = self.idle_of_last_step(comm)
+        if self.lost_signed_zeros():
+            union, g = self.fall_back_to_bitmap(comm, k)
+        else:
+            union = self.union(touched_all)
+            g = take_rows(self.G, union)  # a copy
+            if len(union) * DENSE_SHARE > self.n:
+                self.flat[:] = self.zero  # a memset of the whole buffer beats a scatter
             else:
-                g = take_rows(self.G, union)  # a copy
-                if len(union) * DENSE_SHARE > self.n:
-                    self.flat[:] = self.zero  # a memset of the whole buffer beats a scatter
-                else:
-                    self.by_key[union] = self.zero
-                if self.words is not None:
-                    self.words[:] = 0
+                self.by_key[union] = self.zero
+                tail[:] = self.zero
+            if self.words is not None:
+                self.words[:] = 0
         self.last_union = len(union)
-        return union.view(np.uint64), g, int(round(meta[1])), float(meta[0])
+        return union.view(np.uint64), g, rows, loss, idle
+
+    def __call__(self, comm, keys, grad, rows: int, loss: float):
+        acct = self.acct
+        with acct.timed("comm"):
+            k = self.pack(comm, keys, grad, rows, loss)
+            self.reduce(comm)
+            union, g, rows_all, loss_all, idle = self.unpack(comm, k)
+        acct.move("comm", "wait", idle)
+        return union, g, rows_all, loss_all
 
 
 class SparseExchange:
@@ -329,12 +381,15 @@ class SparseExchange:
         return union, g, int(round(allmeta[:, 1].sum())), float(allmeta[:, 2].sum())
 
 
-def make_exchange(mode: str, n_features, dim: int, acct):
+def make_exchange(mode: str, n_features, dim: int, acct, ranks: int = 1, batch: int = 0):
     if mode == "dense":
         if n_features is None:
             raise ValueError("backend.mode=dense needs folded keys: the dense buffer has one row per key of "
                              "[0, 2^b). Set data.hash_bits=b, or use backend.mode=sparse for 64-bit keys.")
-        return DenseExchange(n_features, dim, acct)
+        if batch >= 1 << 24:
+            raise ValueError(f"train.batch_size={batch}: backend.mode=dense counts a step's rows in float32, "
+                             "exact below 2^24 (16,777,216); use a smaller batch or backend.mode=sparse")
+        return DenseExchange(n_features, dim, acct, ranks)
     if mode == "sparse":
         return SparseExchange(n_features, dim, acct)
     raise ValueError(f"backend.mode={mode!r}: choose dense or sparse")
@@ -351,7 +406,7 @@ class Trainer:
         self.n_world = comm.size
         self.batch = int(cfg.train.batch_size)
         s.lane_batch(self.n_world)  # the batch must split evenly over the starting ranks
-        self.exchange = make_exchange(self.mode, s.data.n_features, s.model.dim, rec.acct)
+        self.exchange = make_exchange(self.mode, s.data.n_features, s.model.dim, rec.acct, self.n_world, self.batch)
         self.table = make_table(s.data.n_features, s.model, s.opt)
         self.dim = s.model.dim
         self.epochs = int(cfg.train.epochs)

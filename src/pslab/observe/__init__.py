@@ -92,6 +92,13 @@ class Accounting:
         finally:
             self.seconds[what] += time.perf_counter() - t
 
+    def move(self, src: str, dst: str, seconds: float) -> None:
+        """Re-file time already counted under src (e.g. a collective's idle part, known
+        only once the other ranks' times arrive)."""
+        if seconds:
+            self.seconds[src] -= seconds
+            self.seconds[dst] += seconds
+
     def snapshot(self) -> dict:
         return {"bytes_sent": sum(self.bytes_sent.values()), "bytes_by_kind": dict(self.bytes_sent),
                 "msgs_sent": sum(self.msgs_sent.values()), "seconds": dict(self.seconds),
