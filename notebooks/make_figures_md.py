@@ -27,8 +27,8 @@ HEADER = """\
 Each comparison of the brief is an experiment (`experiments/<name>.py`, a sweep of launches
 writing `results/<name>/`), a notebook that only reads and plots (`notebooks/`), and a
 figure under `results/figures/`. `make reproduce` reruns all of them at the small preset
-(19 minutes from a fresh clone on an idle 2-core machine, 39 under heavy load; the budget
-is 45; `make reproduce PRESET=large` for bigger machines) and
+(19-27 minutes on a 2-core machine with nothing else running, 39 under heavy load; the
+budget is 45; `make reproduce PRESET=large` for bigger machines) and
 redraws every figure. The numbers below are the committed small-preset results (one
 2-core machine, shared and oversubscribed: timings are medians and ratios within one
 sweep; bytes, steps, failures and memory do not depend on the scheduler).
