@@ -4,8 +4,8 @@ going on. The first block needs no MPI; the MPI tests run `python -m pslab.launc
 subprocess (the `launch` fixture) and assert on the records the runs leave.
 
 Default (not slow) MPI runs on the Criteo sample, one epoch: local lanes=4 + dense LR on
-4 ranks, local lanes=2 + sparse FM on 2 ranks, a classic kill, an elastic kill and a
-revoke drill (about a minute on 2 cores). `pytest -m slow tests/test_allreduce.py` adds
+4 ranks, local lanes=2 + sparse FM on 2 ranks, a straggler's wait, a classic kill, an
+elastic kill, a hang under both, and a revoke drill (about a minute and a half on 2 cores). `pytest -m slow tests/test_allreduce.py` adds
 the full dense|sparse x LR|FM x N=2|4 matrix against local, 64-bit keys, and more.
 """
 from __future__ import annotations
@@ -375,6 +375,53 @@ def test_elastic_kill_shrinks_and_reaches_the_fault_free_auc(run):
     kill = r.events("fault_injected")[0]
     assert kill["rank"] == 3 and not alive(pids(r)[3], r.dir)
     assert {e["rank"] for e in r.events("recovered")} == {0, 1, 2}
+
+
+def test_hang_detector_flags_follow_the_config():
+    from pslab.config import ConfigError, load_config
+    from pslab.launch import hang_detector_mca
+    flags = hang_detector_mca(load_config(["backend=allreduce", "backend.hang_timeout_s=8"]))
+    assert dict(zip(flags[1::3], flags[2::3])) == {"mpi_ft_detector": "true", "mpi_ft_detector_thread": "true",
+                                                   "mpi_ft_detector_period": "2", "mpi_ft_detector_timeout": "8"}
+    assert flags[::3] == ["--mca"] * 4
+    assert hang_detector_mca(load_config(["backend=allreduce", "backend.hang_timeout_s=null"])) == []
+    assert hang_detector_mca(load_config(["backend=ps"])) == []  # the PS has heartbeats of its own
+    for bad in ("0", "-1", "soon"):
+        with pytest.raises(ConfigError, match="backend.hang_timeout_s"):
+            hang_detector_mca(load_config(["backend=allreduce", f"backend.hang_timeout_s={bad}"]))
+
+
+@pytest.mark.mpi
+def test_elastic_hang_is_found_by_ulfm_heartbeats_and_shrunk_out(run):
+    """MPI never reports a SIGSTOPped rank by itself; ULFM's heartbeat detector
+    (backend.hang_timeout_s) declares it failed once it has been silent that long, and the
+    elastic run goes on without it, as after a kill. The hung process blocks MPI_Finalize:
+    the launcher ends it once rank 0 has written the result."""
+    clean = run(4, "backend=allreduce", "backend.mode=dense", *CRITEO)
+    r = run(4, "backend=allreduce", "backend.elastic=true", "backend.hang_timeout_s=2", "data=criteo_sample",
+            "train.epochs=1", "faults=hang_one_worker", deadline=90)
+    assert r["status"] == "succeeded", r.summary.get("reason")
+    assert r["ranks_alive_end"] == 3 and r["failures_detected"] == 1 and r["replicas_identical"] is True
+    assert r["examples"] == clean["examples"] and abs(r["test_auc"] - clean["test_auc"]) < 0.01
+    hang = r.events("fault_injected")
+    assert len(hang) == 1 and hang[0]["action"] == "hang" and hang[0]["rank"] == 3
+    rec = r["recoveries"]
+    assert len(rec) == 1 and rec[0]["dead_world_ranks"] == [3]
+    assert r["wall_s"] < 60  # the timeout, recovery and the launcher's grace, not the deadline
+    assert not alive(pids(r)[3], r.dir), "the hung rank was left behind"
+
+
+@pytest.mark.mpi
+def test_classic_hang_fails_the_job_once_the_detector_fires(run):
+    r = run(4, "backend=allreduce", "backend.hang_timeout_s=2", "data=criteo_sample", "train.epochs=1",
+            "faults=hang_one_worker", deadline=90)
+    assert r["status"] == "failed" and "ERR_PROC_FAILED" in r.summary["reason"]
+    hang = r.events("fault_injected")[0]
+    detected = r.events("failure_detected")
+    assert detected and all(e["elastic"] is False for e in detected)
+    assert min(e["t"] for e in detected) - hang["t"] < 30 and r["wall_s"] < 60
+    time.sleep(0.2)
+    assert not [p for p in pids(r).values() if alive(p, r.dir)], "ranks left behind"
 
 
 @pytest.mark.mpi

@@ -58,7 +58,28 @@ def mpi_flavor(mpirun: str) -> str:
     return "unknown"
 
 
-def mpirun_command(mpirun: str, n: int, overrides: list[str], run_dir: Path, hostfile: str | None) -> tuple[list, dict]:
+def hang_detector_mca(cfg) -> list[str]:
+    """`--mca` flags that turn on ULFM's heartbeat failure detector for backend=allreduce
+    (backend.hang_timeout_s; null: off). MPI reports a dead rank by itself, a hung
+    (SIGSTOPped) one never: with the detector, a rank whose heartbeats stop for that long
+    is declared failed, and the survivors see it as they see a dead one. The heartbeats
+    come from a thread of their own (mpi_ft_detector_thread), so a rank busy computing or
+    evaluating keeps sending them. The PS has its own heartbeats (backend.heartbeat_timeout_s)."""
+    if cfg is None or cfg.backend.name != "allreduce" or cfg.backend.get("hang_timeout_s") is None:
+        return []
+    t = cfg.backend.hang_timeout_s
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0:
+        raise ConfigError(f"backend.hang_timeout_s={t!r}: seconds without heartbeats before a rank is declared "
+                          "dead, > 0 (null turns the detector off)")
+    # Open MPI wants the timeout above 3 heartbeat periods
+    return ["--mca", "mpi_ft_detector", "true", "--mca", "mpi_ft_detector_thread", "true",
+            "--mca", "mpi_ft_detector_period", f"{t / 4:g}", "--mca", "mpi_ft_detector_timeout", f"{t:g}"]
+
+
+def mpirun_command(mpirun: str, n: int, overrides: list[str], run_dir: Path, hostfile: str | None,
+                   cfg=None) -> tuple[list, dict]:
+    """mpirun's command line and environment for a run (cfg, the composed config, adds
+    what depends on it: the hang detector)."""
     flavor = mpi_flavor(mpirun)
     cmd = [mpirun, "-n", str(n)]
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
@@ -72,6 +93,7 @@ def mpirun_command(mpirun: str, n: int, overrides: list[str], run_dir: Path, hos
         env.setdefault("OMPI_MCA_btl", "^ofi")  # the ofi transport costs ~1 s per launch
         env.setdefault("OMPI_MCA_mtl", "^ofi")
         env.setdefault("PRTE_MCA_prte_silence_shared_fs", "1")
+        cmd += hang_detector_mca(cfg)
     if hostfile:
         cmd += ["--hostfile", hostfile]
     cmd += [sys.executable, "-m", "mpi4py", "-m", "pslab.train", *overrides, f"run.dir={run_dir}"]
@@ -353,6 +375,7 @@ def launch(n: int, overrides: list[str], run_dir: Path | None = None, deadline: 
     cfg = load_config(overrides)
     from .faults import parse_plan
     parse_plan(cfg.faults)  # a bad fault plan is a config error, reported before mpirun starts
+    hang_detector_mca(cfg)  # so is a bad hang timeout
     deadline = float(deadline if deadline is not None else cfg.run.deadline_s)
     overrides = [o for o in overrides if not o.startswith("run.deadline_s=")] + [f"run.deadline_s={deadline}"]
     if run_dir is None:
@@ -362,7 +385,7 @@ def launch(n: int, overrides: list[str], run_dir: Path | None = None, deadline: 
         raise SystemExit(f"pslab.launch: run dir {run_dir} is not empty; pick a new --run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = load_config(overrides)
-    cmd, env = mpirun_command(find_mpirun(mpirun), n, overrides, run_dir, hostfile)
+    cmd, env = mpirun_command(find_mpirun(mpirun), n, overrides, run_dir, hostfile, cfg)
     log_path = run_dir / "mpirun.log"
     t0 = time.time()
     reason, exit_code = None, None

@@ -34,8 +34,10 @@ revoked the communicator). `recover()` then
      batch B over the M survivors as evenly as possible (B//M, plus one row for the
      first B%M), so the global batch stays B.
 The world's rank 0 evaluates and writes the run's result: if it dies the run fails
-(survivors record an "unrecoverable" event and abort the job). A hung (SIGSTOPped) rank
-is never reported by MPI; detecting it needs a timeout (the fault-tolerance issue).
+(survivors record an "unrecoverable" event and abort the job). MPI never reports a hung
+(SIGSTOPped) rank by itself: the launcher turns on ULFM's heartbeat detector
+(backend.hang_timeout_s, `pslab.launch.hang_detector_mca`), which declares a rank silent
+that long failed, and the survivors then see it and recover exactly as from a kill.
 """
 from __future__ import annotations
 
