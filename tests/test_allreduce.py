@@ -380,15 +380,27 @@ def test_elastic_kill_shrinks_and_reaches_the_fault_free_auc(run):
 def test_hang_detector_flags_follow_the_config():
     from pslab.config import ConfigError, load_config
     from pslab.launch import hang_detector_mca
+    assert hang_detector_mca(load_config(["backend=allreduce"])) == []  # off by default
     flags = hang_detector_mca(load_config(["backend=allreduce", "backend.hang_timeout_s=8"]))
     assert dict(zip(flags[1::3], flags[2::3])) == {"mpi_ft_detector": "true", "mpi_ft_detector_thread": "true",
                                                    "mpi_ft_detector_period": "2", "mpi_ft_detector_timeout": "8"}
     assert flags[::3] == ["--mca"] * 4
-    assert hang_detector_mca(load_config(["backend=allreduce", "backend.hang_timeout_s=null"])) == []
     assert hang_detector_mca(load_config(["backend=ps"])) == []  # the PS has heartbeats of its own
     for bad in ("0", "-1", "soon"):
         with pytest.raises(ConfigError, match="backend.hang_timeout_s"):
             hang_detector_mca(load_config(["backend=allreduce", f"backend.hang_timeout_s={bad}"]))
+
+
+def detector_run(run, *overrides):
+    """A run with ULFM's heartbeat detector on. The detector is experimental in Open MPI
+    5.0 and now and then segfaults a rank at start-up (the README's known limits): such a
+    run says nothing about pslab, so it is retried once, then the test is skipped."""
+    for attempt in range(2):
+        r = run(4, "backend=allreduce", "backend.hang_timeout_s=2", "data=criteo_sample", "train.epochs=1",
+                "faults=hang_one_worker", f"faults.seed={attempt}", *overrides, deadline=90)
+        if "Segmentation fault" not in (r.dir / "mpirun.log").read_text():
+            return r
+    pytest.skip("Open MPI's heartbeat detector (mpi_ft_detector) crashed a rank in two runs in a row")
 
 
 @pytest.mark.mpi
@@ -398,8 +410,7 @@ def test_elastic_hang_is_found_by_ulfm_heartbeats_and_shrunk_out(run):
     elastic run goes on without it, as after a kill. The hung process blocks MPI_Finalize:
     the launcher ends it once rank 0 has written the result."""
     clean = run(4, "backend=allreduce", "backend.mode=dense", *CRITEO)
-    r = run(4, "backend=allreduce", "backend.elastic=true", "backend.hang_timeout_s=2", "data=criteo_sample",
-            "train.epochs=1", "faults=hang_one_worker", deadline=90)
+    r = detector_run(run, "backend.elastic=true")
     assert r["status"] == "succeeded", r.summary.get("reason")
     assert r["ranks_alive_end"] == 3 and r["failures_detected"] == 1 and r["replicas_identical"] is True
     assert r["examples"] == clean["examples"] and abs(r["test_auc"] - clean["test_auc"]) < 0.01
@@ -413,8 +424,7 @@ def test_elastic_hang_is_found_by_ulfm_heartbeats_and_shrunk_out(run):
 
 @pytest.mark.mpi
 def test_classic_hang_fails_the_job_once_the_detector_fires(run):
-    r = run(4, "backend=allreduce", "backend.hang_timeout_s=2", "data=criteo_sample", "train.epochs=1",
-            "faults=hang_one_worker", deadline=90)
+    r = detector_run(run)
     assert r["status"] == "failed" and "ERR_PROC_FAILED" in r.summary["reason"]
     hang = r.events("fault_injected")[0]
     detected = r.events("failure_detected")

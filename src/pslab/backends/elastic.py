@@ -35,9 +35,10 @@ revoked the communicator). `recover()` then
      first B%M), so the global batch stays B.
 The world's rank 0 evaluates and writes the run's result: if it dies the run fails
 (survivors record an "unrecoverable" event and abort the job). MPI never reports a hung
-(SIGSTOPped) rank by itself: the launcher turns on ULFM's heartbeat detector
-(backend.hang_timeout_s, `pslab.launch.hang_detector_mca`), which declares a rank silent
-that long failed, and the survivors then see it and recover exactly as from a kill.
+(SIGSTOPped) rank by itself; with backend.hang_timeout_s set, the launcher turns on
+ULFM's heartbeat detector (`pslab.launch.hang_detector_mca`), which declares a rank
+silent that long failed, and the survivors then see it and recover exactly as from a
+kill (off by default: the detector is experimental in Open MPI 5.0, see the README).
 """
 from __future__ import annotations
 
