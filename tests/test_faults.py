@@ -438,22 +438,25 @@ def test_hang_ends_by_the_deadline_and_leaves_no_process(launch):
     assert run_processes(run.dir) == []
 
 
-def median_step_s(run) -> float:
-    """Median time between consecutive step records (train.log_every=1): robust to the
-    odd scheduling hiccup of a loaded machine."""
+def typical_step_s(run) -> float:
+    """The 20th percentile of the times between consecutive step records
+    (train.log_every=1): the steps another job on the machine disturbed least. (The median
+    of 15 steps of ~3 ms was not robust: one CI run measured 6.5x for a 3x straggler.)"""
     lines = (run.dir / "ranks" / "rank-0.metrics.jsonl").read_text().splitlines()
     t = np.array([json.loads(x)["t"] for x in lines if '"step"' in x])
-    return float(np.median(np.diff(t)))
+    return float(np.percentile(np.diff(t), 20))
 
 
 @pytest.mark.mpi
 def test_straggler_slows_the_steps_by_about_its_factor(launch):
-    big = ("model=fm", "train.batch_size=1000", "train.epochs=2", "train.log_every=1")  # ~10 ms steps
+    # ~10 ms steps (FM k=8 now takes ~3 ms, where sleep and logging overheads blur the
+    # ratio), 23 of them
+    big = ("model=fm", "model.k=32", "train.batch_size=1000", "train.epochs=3", "train.log_every=1")
     base = launch(1, "backend=local", *big)
     slow = launch(1, "backend=local", *big, "faults=straggler")
     assert base["status"] == slow["status"] == "succeeded"
     assert slow["faults_injected"] == 1 and slow.events("fault_injected")[0]["action"] == "slow"
-    ratio = median_step_s(slow) / median_step_s(base)
+    ratio = typical_step_s(slow) / typical_step_s(base)
     print("straggler step-time ratio", ratio)
     assert 1.8 < ratio < 6, ratio  # factor 3, on a machine that may be busy
     assert slow["test_auc"] == pytest.approx(base["test_auc"], abs=1e-9)
