@@ -77,9 +77,9 @@ def hang_detector_mca(cfg) -> list[str]:
 
 
 def mpirun_command(mpirun: str, n: int, overrides: list[str], run_dir: Path, hostfile: str | None,
-                   cfg=None) -> tuple[list, dict]:
-    """mpirun's command line and environment for a run (cfg, the composed config, adds
-    what depends on it: the hang detector)."""
+                   mca: list[str] = ()) -> tuple[list, dict]:
+    """mpirun's command line and environment for a run; mca: Open MPI flags that depend on
+    the run's config (hang_detector_mca)."""
     flavor = mpi_flavor(mpirun)
     cmd = [mpirun, "-n", str(n)]
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
@@ -93,7 +93,7 @@ def mpirun_command(mpirun: str, n: int, overrides: list[str], run_dir: Path, hos
         env.setdefault("OMPI_MCA_btl", "^ofi")  # the ofi transport costs ~1 s per launch
         env.setdefault("OMPI_MCA_mtl", "^ofi")
         env.setdefault("PRTE_MCA_prte_silence_shared_fs", "1")
-        cmd += hang_detector_mca(cfg)
+        cmd += list(mca)
     if hostfile:
         cmd += ["--hostfile", hostfile]
     cmd += [sys.executable, "-m", "mpi4py", "-m", "pslab.train", *overrides, f"run.dir={run_dir}"]
@@ -375,7 +375,7 @@ def launch(n: int, overrides: list[str], run_dir: Path | None = None, deadline: 
     cfg = load_config(overrides)
     from .faults import parse_plan
     parse_plan(cfg.faults)  # a bad fault plan is a config error, reported before mpirun starts
-    hang_detector_mca(cfg)  # so is a bad hang timeout
+    mca = hang_detector_mca(cfg)  # so is a bad hang timeout
     deadline = float(deadline if deadline is not None else cfg.run.deadline_s)
     overrides = [o for o in overrides if not o.startswith("run.deadline_s=")] + [f"run.deadline_s={deadline}"]
     if run_dir is None:
@@ -385,7 +385,7 @@ def launch(n: int, overrides: list[str], run_dir: Path | None = None, deadline: 
         raise SystemExit(f"pslab.launch: run dir {run_dir} is not empty; pick a new --run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = load_config(overrides)
-    cmd, env = mpirun_command(find_mpirun(mpirun), n, overrides, run_dir, hostfile, cfg)
+    cmd, env = mpirun_command(find_mpirun(mpirun), n, overrides, run_dir, hostfile, mca)
     log_path = run_dir / "mpirun.log"
     t0 = time.time()
     reason, exit_code = None, None

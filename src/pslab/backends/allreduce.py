@@ -18,9 +18,10 @@ Exchange (`backend.mode`):
   (n_features x dim) is summed in place with one `Allreduce` per step. The step's numbers
   ride in a tail of the same buffer, so they cost no collective of their own: the rows and
   the loss, the touched-key count, a canary cell, and one cell per rank for its previous
-  Allreduce's duration (for the wait accounting below). The update must touch exactly the keys some rank touched (the local trainer updates every
-  key of the batch, also one whose summed gradient happens to be 0, which matters for L2
-  and FTRL), and that union is found in one of two ways, chosen by the model's size:
+  Allreduce's duration (for the wait accounting below). The update must touch exactly
+  the keys some rank touched (the local trainer updates every key of the batch, also one
+  whose summed gradient happens to be 0, which matters for L2 and FTRL), and that union
+  is found in one of two ways, chosen by the model's size:
   * up to SCAN_MAX_CELLS cells (8 MB): signed zeros. Untouched cells hold -0.0, a rank
     writes its rows as grad + 0.0 (so a touched cell is never -0.0: -0.0 + 0.0 = +0.0).
     -0.0 is the exact identity of IEEE addition (x + -0.0 = x for every x, +0.0 included)
@@ -150,9 +151,9 @@ class DenseExchange:
     mode = "dense"
 
     def __init__(self, n_features: int, dim: int, acct, ranks: int = 1):
-        self.n, self.dim, self.acct, self.ranks = int(n_features), int(dim), acct, int(ranks)
+        self.n, self.dim, self.acct = int(n_features), int(dim), acct
         cells = self.n * self.dim
-        self.flat = np.zeros(cells + TAIL_DUR + self.ranks, np.float32)  # what travels
+        self.flat = np.zeros(cells + TAIL_DUR + int(ranks), np.float32)  # what travels
         self.grad = self.flat[:cells]
         self.G = self.grad.reshape(self.n, self.dim)
         # the rows as indexed per key: with one float per key the flat array itself (1-D fancy
@@ -166,7 +167,6 @@ class DenseExchange:
         self.mpi_s = 0.0  # seconds inside MPI calls (the benchmark splits MPI from packing)
         self.last_union = 0
         self.last_collective_s = None  # this rank's last Allreduce, reported in the next step's tail
-        self._step_bytes: dict[int, dict] = {}
         acct.seconds["wait"] += 0.0  # present from the start, also in runs of one rank
 
     @property
@@ -183,7 +183,7 @@ class DenseExchange:
         self.flags = None
         if self.words is not None and self.n <= FLAGS_MAX_KEYS:
             self.flags = np.zeros(len(self.words) * 64, bool)
-        self._step_bytes = {}
+        self._step_bytes: dict[int, dict] = {}  # comm size -> bytes per step; the bitmap changes them
 
     @property
     def bitmap_bytes(self) -> int:
