@@ -134,10 +134,18 @@ class Injector:
             if self.factor > 1.0 and not self._slowed:
                 time.sleep((self.factor - 1.0) * dt)
         self._slowed = False
-        for e in self.mine:
-            if e.trigger.kind in ("step", "progress") and e.id not in self.fired and self._due(e, step):
-                self._fire(self._spec_event(e), step)
+        self._fire_due(step, None)
         self._last = time.perf_counter()
+
+    def point(self, name: str, step: int) -> None:
+        """At a protocol point inside a step (plan.POINTS): fire the faults due there."""
+        self._fire_due(step, name)
+
+    def _fire_due(self, step: int, point: str | None) -> None:
+        for e in self.mine:
+            if (e.trigger.kind in ("step", "progress") and e.trigger.point == point and e.id not in self.fired
+                    and self._due(e, step)):
+                self._fire(self._spec_event(e, point=point) if point else self._spec_event(e), step)
 
     def slow_down(self, step_seconds: float) -> None:
         """A straggler takes `factor` times as long per step: sleep (factor - 1) x step_seconds."""

@@ -9,6 +9,8 @@ A plan is
         target: {role: worker, index: -1}     # or {rank: 3}; index: N | -1 (last) | random
         at: {progress: 0.5}                   # step: N | progress: F | elapsed_s: T
                                               #   | hazard: {kind: ..., ...}
+                                              # with step/progress, optionally point: P, a
+                                              # protocol point inside the step (POINTS)
         factor: 3           # slow only: each step takes `factor` times as long
     hazard:                 # optional: every eligible rank draws its own failure time
       kind: constant        # constant (rate_per_s) | weibull (shape, scale_s)
@@ -35,6 +37,12 @@ ACTIONS = ("kill", "hang", "slow")
 ROLES = ("worker", "server", "coordinator")
 TRIGGERS = ("step", "progress", "elapsed_s", "hazard")
 HAZARD_KINDS = ("constant", "weibull")
+# Protocol points where a step/progress fault may fire instead of at the step's end: a PS
+# worker before its push, between its per-server sends, after them but before it has
+# recorded the acknowledgements, or on receiving handed-over work; a PS server before it
+# forwards an update to the backups, between forwards, or after them before the pushes
+# are acknowledged. A backend calls injector.point(name, step) at each.
+POINTS = ("before_push", "mid_push", "after_push", "handover", "before_forward", "mid_forward", "after_forward")
 HAZARD_ACTIONS = ("kill", "hang", "slow")
 
 
@@ -84,11 +92,13 @@ class Target:
 class Trigger:
     kind: str                          # step | progress | elapsed_s | hazard
     value: float | HazardSpec          # the step, the fraction, the seconds, or the hazard
+    point: str | None = None           # a protocol point (POINTS); None: the step's end
 
     def describe(self) -> dict:
         if self.kind == "hazard":
             return {"trigger": "hazard", "at": {"hazard": self.value.distribution()}}
-        return {"trigger": self.kind, "at": {self.kind: self.value}}
+        at = {self.kind: self.value, **({"point": self.point} if self.point else {})}
+        return {"trigger": self.kind, "at": at}
 
 
 @dataclass(frozen=True)
@@ -239,7 +249,14 @@ def _parse_target(t, key: str) -> Target:
 
 
 def _parse_trigger(at, key: str) -> Trigger:
-    at = _mapping(at, key)
+    at = dict(_mapping(at, key))
+    point = at.pop("point", None)
+    if point is not None:
+        point = _choice(point, POINTS, f"{key}.point")
+        if not any(at.get(k) is not None for k in ("step", "progress")):
+            raise FaultPlanError(f"{key}.point={point}: goes with a step or progress trigger")
+        t = _parse_trigger(at, key)
+        return Trigger(t.kind, t.value, point)
     given = [k for k in at if at[k] is not None]
     if len(given) != 1 or given[0] not in TRIGGERS:
         if given and given[0] not in TRIGGERS:
