@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from pslab.data import DataError, Deduper, Rows, load_dataset, shipped
 from pslab.data.ctr import read_criteo
-from pslab.data.libsvm import read_libsvm
+from pslab.data.libsvm import BIAS_KEY, read_libsvm
 from pslab.data.synthetic import make_block
 from pslab.schedule import Lane, block_order, deal
 
@@ -101,8 +101,9 @@ def test_synthetic_blocks_are_reproducible_and_power_law():
     b = make_block(3, rows=2000, nnz=39, n_keys=1 << 22, alpha=1.0, seed=7)
     np.testing.assert_array_equal(a.keys, b.keys)
     np.testing.assert_array_equal(a.y, b.y)
-    assert int(a.keys.max()) < 2**63
-    _, counts = np.unique(a.keys, return_counts=True)
+    feats = a.keys.reshape(2000, 40)[:, :39]  # every row ends with the bias key
+    assert int(feats.max()) < 2**63 and (a.keys.reshape(2000, 40)[:, 39] == BIAS_KEY).all()
+    _, counts = np.unique(feats, return_counts=True)
     assert counts.max() > 50 and (counts == 1).mean() > 0.5  # a hot head and a long tail
     assert 0.05 < a.y.mean() < 0.5
 

@@ -24,7 +24,9 @@ class Setup:
     @staticmethod
     def build(cfg) -> "Setup":
         data = load_dataset(cfg.data)
-        return Setup(cfg, data, make_model(cfg.model), make_optimizer(cfg.optim), Deduper(data.hash_bits))
+        model = make_model(cfg.model)
+        model.offset = start_offset(cfg.model.get("offset", "base_rate"), data)
+        return Setup(cfg, data, model, make_optimizer(cfg.optim), Deduper(data.hash_bits))
 
     def lanes(self, epoch: int, n_lanes: int) -> list[list[int]]:
         t = self.cfg.train
@@ -49,6 +51,36 @@ class Setup:
 
     def evaluate(self, fetch) -> dict:
         return evaluate(self.model, self.data.test, fetch, self.data.hash_bits)
+
+
+BASE_RATE_ROWS = 1 << 17
+
+
+def base_rate(data: Dataset, max_rows: int = BASE_RATE_ROWS) -> float:
+    """The share of positive training labels, smoothed ((positives + 1/2) / (rows + 1)) so
+    a set without positives still has finite log-odds. Blocks spread evenly over the set
+    until max_rows: all of a file this size, and of generated data (every rank would make
+    every block) a sample (131k rows: the standard error of a 1% rate is 0.03 points)."""
+    n_take = min(data.n_blocks, -(-max_rows // data.block_rows))
+    ids = np.unique(np.linspace(0, data.n_blocks - 1, n_take).round().astype(int))
+    pos = rows = 0.0
+    for b in ids:
+        y = data.train_labels(int(b))
+        pos += float(y.sum())
+        rows += len(y)
+    return (pos + 0.5) / (rows + 1.0)
+
+
+def start_offset(setting, data: Dataset) -> float:
+    """model.offset: `base_rate` (the training base rate's log-odds, the default) or a
+    number (0 starts every prediction at 1/2)."""
+    if setting == "base_rate":
+        p = base_rate(data)
+        return float(np.log(p / (1 - p)))
+    try:
+        return float(setting)
+    except (TypeError, ValueError):
+        raise ValueError(f"model.offset={setting!r}: must be base_rate or a number") from None
 
 
 def save_model(path, keys: np.ndarray, W: np.ndarray) -> None:

@@ -18,7 +18,7 @@ from .ctr import read_criteo, read_table
 from .files import DataError, resolve
 from .libsvm import read_libsvm
 from .rows import Batch, Deduper, Rows
-from .synthetic import make_block
+from .synthetic import block_args, make_block
 
 __all__ = ["Batch", "DataError", "Dataset", "Deduper", "Rows", "load_dataset", "shipped"]
 
@@ -50,6 +50,11 @@ class Dataset:
         if rows is None:
             rows = self._cache[b] = self._block(b).fold(self.hash_bits)
         return rows
+
+    def train_labels(self, b: int) -> np.ndarray:
+        """Block b's labels, without keeping the block (a generated block is made anew)."""
+        rows = self._cache.get(b)
+        return (rows if rows is not None else self._block(b)).y
 
     def block_len(self, b: int) -> int:
         return min(self.block_rows, self.n_train - b * self.block_rows)
@@ -132,11 +137,10 @@ def load_dataset(cfg) -> Dataset:
     if hash_bits is not None and not 1 <= int(hash_bits) <= 40:
         raise DataError(f"data.hash_bits={hash_bits}: must be between 1 and 40 (or null for 64-bit keys)")
     if cfg.format == "synthetic":
-        args = dict(rows=block_rows, nnz=int(cfg.nnz), n_keys=int(cfg.n_keys), alpha=float(cfg.alpha),
-                    seed=int(cfg.seed), truth=str(cfg.get("truth", "lr")))
+        args, test_args = block_args(cfg, block_rows)
         n_blocks = -(-int(cfg.rows) // block_rows)
         n_test_blocks = -(-int(cfg.test_rows) // block_rows)
-        test = Rows.concat([make_block(n_blocks + j, **args) for j in range(n_test_blocks)])
+        test = Rows.concat([make_block(n_blocks + j, **test_args) for j in range(n_test_blocks)])
         test = test.slice(0, min(len(test), int(cfg.test_rows)))
         return Dataset(lambda b: make_block(b, **args), n_blocks, n_blocks * block_rows, test,
                        hash_bits, block_rows)
