@@ -10,19 +10,9 @@ installed. Prints examples/s, test AUC and the ratios to VW (and to SGDClassifie
 Timings are medians over --repeats passes, taken in turns round the trainers (the machine
 may be shared); data generation and file writing are not timed. The load average is printed.
 
-pslab's optimizer here: AdaGrad with its accumulator starting at (1/batch)^2, lr 0.1 for
-LR and 0.05 for FM. With the accumulator at 0, AdaGrad's first step on a key is a full
-lr * sign(g) whatever the gradient's size, and most keys of a 2^22 space are rare: one-off
-keys get jolted, which cost about 0.01 AUC (test AUC LR 0.8586, VW 0.8617 at lr 0.05;
-larger lr was worse, batch 512 no better). (1/batch)^2 is the square of one example's
-gradient in a batch mean (|p - y| <= 1): as if each key had seen one example before.
-Picked on a validation set of other synthetic blocks, not on the test rows (1M rows,
-batch 1024, validation AUC):
-
-    accumulator 0:          LR lr 0.05 0.8584, 0.1 0.8586, 0.2 0.8476, 0.5 0.8250
-                            FM lr 0.05 0.8515, 0.1 0.8222
-    accumulator 1/1024^2:   LR lr 0.05 0.8614, 0.1 0.8680, 0.15 0.8686, 0.2 0.8670
-                            FM lr 0.05 0.8670, 0.1 0.8612, 0.15 0.8503
+pslab runs with its defaults (conf/: the default optimizer, AdaGrad with its settings per
+example, FM k=8, train.batch_size, the margin started at the training base rate's
+log-odds), as a user gets them; --batch changes the batch only.
 
 VW runs with its defaults (adaptive, normalized, invariant updates, learning rate 0.5).
 """
@@ -41,12 +31,14 @@ import numpy as np  # noqa: E402
 from sklearn.linear_model import SGDClassifier  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
-from pslab.data import Deduper, Rows  # noqa: E402
+from pslab.backends.common import start_offset  # noqa: E402
+from pslab.config import load_config  # noqa: E402
+from pslab.data import Dataset, Deduper, Rows  # noqa: E402
 from pslab.data.rows import as_csr  # noqa: E402
 from pslab.data.synthetic import make_block  # noqa: E402
 from pslab.metrics import predict  # noqa: E402
-from pslab.models import FM, LR  # noqa: E402
-from pslab.optim import AdaGrad  # noqa: E402
+from pslab.models import make_model  # noqa: E402
+from pslab.optim import make_optimizer  # noqa: E402
 from pslab.store import DenseTable, apply_gradient  # noqa: E402
 
 BITS = 22
@@ -72,13 +64,18 @@ def train_pslab(model, train: Rows, batch: int, opt):
 
 
 class PslabTrainer:
-    def __init__(self, name, model, train, test, batch, opt_args):
-        self.name, self.model, self.train, self.test = name, model, train, test
-        self.batch, self.opt_args, self.table = batch, opt_args, None
+    """pslab's model and optimizer as the config gives them (`overrides` on the defaults)."""
+
+    def __init__(self, name, overrides, train, test, batch):
+        cfg = load_config([*overrides, f"train.batch_size={batch}"])
+        self.name, self.cfg, self.train, self.test, self.batch = name, cfg, train, test, batch
+        self.model = make_model(cfg.model)
+        self.model.offset = start_offset(cfg.model.offset, Dataset.from_rows(train, test, BITS, 8192))
+        self.table = None
 
     def run(self) -> float:
         self.table = None  # free the last pass's table before building the next
-        dt, self.table = train_pslab(self.model, self.train, self.batch, AdaGrad(**self.opt_args))
+        dt, self.table = train_pslab(self.model, self.train, self.batch, make_optimizer(self.cfg.optim))
         return dt
 
     def auc(self) -> float:
@@ -141,20 +138,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--test-rows", type=int, default=100_000)
-    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--batch", type=int, default=int(load_config([]).train.batch_size))
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     load0 = os.getloadavg()
     train, test = make_data(args.rows, args.test_rows)
-    acc = (1.0 / args.batch) ** 2  # see the docstring
-    lr_lr, lr_fm = 0.1, 0.05
     print(f"data: {len(train)} train / {len(test)} test rows, 39 nnz/row, 2^{BITS} keys; batch {args.batch}")
-    print(f"pslab: AdaGrad, initial accumulator {acc:.3g} (1/batch^2), lr {lr_lr} (LR) / {lr_fm} (FM)")
-    PslabTrainer("warm-up", LR(), train.slice(0, 20000), test, args.batch, dict(lr=lr_lr)).run()
-    trainers = [PslabTrainer("pslab local LR (AdaGrad)", LR(), train, test, args.batch,
-                             dict(lr=lr_lr, initial_accumulator=acc)),
-                PslabTrainer("pslab local FM k=8 (AdaGrad)", FM(k=8), train, test, args.batch,
-                             dict(lr=lr_fm, initial_accumulator=acc)),
+    print("pslab: its defaults (conf/optim/adagrad.yaml, conf/model/*.yaml)")
+    PslabTrainer("warm-up", [], train.slice(0, 20000), test, args.batch).run()
+    trainers = [PslabTrainer("pslab local LR (defaults)", [], train, test, args.batch),
+                PslabTrainer("pslab local FM k=8 (defaults)", ["model=fm"], train, test, args.batch),
                 SklearnTrainer(train, test)]
     try:
         trainers.append(VWTrainer(train, test))
