@@ -15,7 +15,9 @@ taken over (train.batch_size: a step of local, allreduce and PS BSP); rather tha
 every gradient by it, the settings that carry a gradient unit are divided by it once.
 With that, a key seen once in a batch moves as it would in a one-example-at-a-time
 learner, and a frequent key's per-coordinate rate still normalizes its batch sums. SGD
-keeps the textbook minibatch step on the batch mean.
+keeps the textbook minibatch step on the batch mean. (PS servers under SSP/ASP apply each
+worker's push alone, a mean over B/W rows: there the settings act as if the gradients
+were W times larger, i.e. beta, L1, L2 and AdaGrad's prior W times weaker.)
 """
 from __future__ import annotations
 
