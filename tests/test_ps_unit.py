@@ -10,7 +10,8 @@ import pytest
 from pslab.backends.ps import checkpoint as ckpt
 from pslab.backends.ps import protocol as P
 from pslab.backends.ps.consistency import Clocks
-from pslab.backends.ps.hashring import HashRing, group_by_server
+from pslab.backends.ps import ranges as RG
+from pslab.backends.ps.ranges import after_failure, group_by_server, initial_map, range_of
 from pslab.backends.ps.membership import Layout
 from pslab.config import load_config
 from pslab.models import make_model
@@ -22,40 +23,48 @@ KEYS64 = RNG.integers(0, 2**64 - 2, 200_000, dtype=np.uint64)
 KEYS_FOLDED = np.arange(1 << 18, dtype=np.uint64)
 
 
-# ---------------------------------------------------------------- hash ring
+# ---------------------------------------------------------------- key ranges and the replica map
 
-@pytest.mark.parametrize("servers", [2, 3, 4, 8])
+@pytest.mark.parametrize("n_ranges", [16, 64])
 @pytest.mark.parametrize("keys", [KEYS64, KEYS_FOLDED], ids=["64bit", "folded"])
-def test_ring_spreads_keys_within_10_percent(servers, keys):
-    ring = HashRing(range(servers), virtual_nodes=1024)
-    counts = np.bincount(ring.route(keys), minlength=servers)
-    assert np.abs(counts / counts.mean() - 1).max() <= 0.10, counts
+def test_ranges_spread_keys_within_10_percent(n_ranges, keys):
+    counts = np.bincount(range_of(keys, n_ranges), minlength=n_ranges)
+    assert len(counts) == n_ranges and np.abs(counts / counts.mean() - 1).max() <= 0.10, counts
 
 
-def test_removing_a_server_moves_only_its_keys_to_its_replica():
-    ring = HashRing(range(5), virtual_nodes=256, replication=3)
-    before = ring.route(KEYS64)
-    rep = ring.replicas(KEYS64)
-    assert (rep[:, 0] == before).all()
-    assert all(len(set(r)) == 3 for r in rep[:1000].tolist())  # distinct servers
-    after = ring.without(2).route(KEYS64)
-    moved = before != after
-    assert moved.any() and (before[moved] == 2).all()
-    assert (before[before == 2] != after[before == 2]).all()
-    assert (after[moved] == rep[moved, 1]).all()  # the first replica inherits
+@pytest.mark.parametrize("servers,R", [(3, 2), (4, 3), (5, 1)])
+def test_initial_map_balances_primaries_and_keeps_copies_on_distinct_servers(servers, R):
+    rmap = initial_map(list(range(servers)), 60, R)
+    assert all(len(reps) == R and len(set(reps)) == R for reps in rmap)
+    lead = np.bincount([reps[0] for reps in rmap], minlength=servers)
+    assert lead.max() - lead.min() <= 1
 
 
-def test_adding_a_server_takes_keys_only_for_itself():
-    before = HashRing(range(4), 256).route(KEYS64)
-    after = HashRing(range(5), 256).route(KEYS64)
-    moved = before != after
-    assert (after[moved] == 4).all()
-    assert 0.1 < moved.mean() < 0.3
+def test_initial_map_puts_copies_on_other_hosts_first():
+    hosts = {0: "a", 1: "a", 2: "b", 3: "b"}
+    rmap = initial_map([0, 1, 2, 3], 16, 2, hosts)
+    assert all(hosts[a] != hosts[b] for a, b in rmap)
+
+
+def test_after_failure_promotes_rereplicates_and_names_lost_ranges():
+    rmap = [[0, 1], [1, 2], [2, 0], [0, 2]]
+    new, dec = after_failure(rmap, 0, [0, 1, 2], 2)
+    assert dec["promoted"] == [0, 3] and not dec["lost"]
+    assert new[0][0] == 1 and new[3][0] == 2 and new[1] == [1, 2]    # backups took over; others untouched
+    assert all(len(reps) == 2 and 0 not in reps for reps in new)    # R copies again
+    assert set(dec["added"]) == {0, 2, 3} and dec["resync"][0] == [dec["added"][0]]
+    # both copies of a range gone at once: lost (restored by a live server from a checkpoint)
+    new2, dec2 = after_failure([[0, 1], [2, 3]], 0, [0, 2, 3], 2)
+    new3, dec3 = after_failure(new2, 1, [2, 3], 2)
+    assert not dec2["lost"] and dec2["promoted"] == [0]
+    assert dec3["lost"] == [] or all(new3[r] for r in dec3["lost"])
+    lost_map, dec4 = after_failure([[0], [1]], 0, [0, 1], 1)
+    assert dec4["lost"] == [0] and lost_map[0] == [1] and lost_map[1] == [1]
 
 
 @pytest.mark.parametrize("servers", [3, 12])  # a pass per server up to 8, a stable sort beyond
 def test_group_by_server_is_a_partition(servers):
-    owner = HashRing(range(servers), 64).route(KEYS64[:1000])
+    owner = RG.primaries(initial_map(list(range(servers)), 64, 1))[range_of(KEYS64[:1000], 64)]
     g = group_by_server(owner, list(range(servers)))
     allpos = np.sort(np.concatenate(list(g.values())))
     assert (allpos == np.arange(1000)).all()
@@ -201,26 +210,31 @@ def test_layout_roles():
 
 # ---------------------------------------------------------------- checkpoints
 
-def test_checkpoint_atomic_and_restore_by_ownership(tmp_path):
+def test_checkpoint_manifest_needs_every_range_and_restores_by_range(tmp_path):
     root = tmp_path / "run" / "checkpoints"
     keys = np.arange(100, dtype=np.uint64)
     W, S = RNG.standard_normal((100, 2)).astype(np.float32), RNG.random((100, 4)).astype(np.float32)
-    ring = HashRing([0, 1], 64)
-    own = ring.route(keys)
+    rng = range_of(keys, 4)
+    lead = {0: [0, 1], 1: [2, 3]}
+    man = ckpt.Manifests(root, 4, {"model": "lr"})
     for s in (0, 1):
-        ckpt.write_shard(root, 8, s, keys[own == s], W[own == s], S[own == s])
-    with pytest.raises(FileNotFoundError):
-        ckpt.write_manifest(root, 8, {"shards": ["server-0.npz", "server-9.npz"]})
-    ckpt.write_manifest(root, 8, {"shards": ["server-0.npz", "server-1.npz"]})
+        sel = np.isin(rng, lead[s])
+        ckpt.write_shard(root, 8, s, keys[sel], W[sel], S[sel], {str(r): [10 + r, [r, 99]] for r in lead[s]})
+    assert not man.on_shard(8, 0, "server-0.npz", lead[0], {})      # half the ranges: no manifest yet
+    assert man.on_shard(8, 1, "server-1.npz", lead[1], {}) and man.latest == 8
     assert not list(root.rglob(".*tmp*"))
+    with pytest.raises(FileNotFoundError):
+        ckpt.write_manifest(root, 9, {"shards": [{"file": "server-0.npz", "ranges": [0]}]})
     info = ckpt.read_manifest(tmp_path / "run")  # a run dir finds its newest manifest
     assert info["clock"] == 8
-    k, w, s = ckpt.load_rows(info)
+    k, w, s, logs = ckpt.load_ranges(info, [0, 1, 2, 3], 4)
     o = np.argsort(k)
     assert (k[o] == keys).all() and (w[o] == W).all() and (s[o] == S).all()
-    # one server taking everything (resume with S=1, or a successor after a failure)
-    k1, _, _ = ckpt.load_rows(info, keep=lambda k: HashRing([0], 64).route(k) == 0)
-    assert len(k1) == 100
+    k2, _, _, logs2 = ckpt.load_ranges(info, [3], 4)  # one range: its rows and its record only
+    assert (range_of(k2, 4) == 3).all() and len(k2) == int((rng == 3).sum()) and list(logs2) == ["3"]
+    assert logs2["3"] == [13, [3, 99]]
+    with pytest.raises(SystemExit, match="backend.ranges=4"):
+        ckpt.load_ranges(info, [0], 8)
 
 
 # ---------------------------------------------------------------- the server against an oracle
@@ -253,6 +267,7 @@ class RefServer:
 class FakeVan:
     def __init__(self):
         self.out = []
+        self.failed = set()
 
     def send(self, dest, msg, kind=None, compress=True):
         self.out.append((dest, msg))
@@ -267,6 +282,9 @@ class FakeVan:
 
 class NoFaults:
     def on_step(self, step):
+        pass
+
+    def point(self, name, step):
         pass
 
 
@@ -298,7 +316,8 @@ def test_server_matches_reference_bsp(tmp_path, model, optim):
                                              pushes[0][0][:10] if pushes else []]).astype(np.uint64))
             g = rng.standard_normal((len(keys), srv.model.dim)).astype(np.float32)
             rows = 64 - w
-            srv.handle(P.Msg(P.PUSH, req=(req := req + 1), clock=clock, keys=keys, vals=g, rows=rows, src=2 + w))
+            srv.handle(P.Msg(P.PUSH, req=(req := req + 1), clock=clock, keys=keys, vals=g, rows=rows, src=2 + w,
+                             batch=10 * clock + w, div=127))
             pushes.append((keys, g, rows))
         ref.push(pushes)
         probe = np.concatenate([pushes[0][0], pushes[1][0], np.array([12345], np.uint64)])
@@ -316,13 +335,13 @@ def test_server_ssp_holds_pulls_until_the_slowest_is_within_s(tmp_path):
     keys = np.arange(5, dtype=np.uint64)
     g = np.ones((5, 1), np.float32)
     for c in range(3):  # worker 0 runs ahead: clocks 0, 1, 2
-        srv.handle(P.Msg(P.PUSH, req=c + 1, clock=c, keys=keys, vals=g, rows=4, src=2))
+        srv.handle(P.Msg(P.PUSH, req=c + 1, clock=c, keys=keys, vals=g, rows=4, src=2, batch=c, div=4))
         ref.push([(keys, g, 4)])
     srv.handle(P.Msg(P.PULL, req=10, clock=3, keys=keys, src=2))  # needs worker 1 at clock >= 2
     assert not replies(van, 10) and len(srv.held) == 1
     srv.handle(P.Msg(P.PUSH, req=11, clock=0, src=3, rows=0))
     assert not replies(van, 10)
-    srv.handle(P.Msg(P.PUSH, req=12, clock=1, keys=keys[:2], vals=-g[:2], rows=2, src=3))
+    srv.handle(P.Msg(P.PUSH, req=12, clock=1, keys=keys[:2], vals=-g[:2], rows=2, src=3, batch=100, div=2))
     ref.push([(keys[:2], -g[:2], 2)])
     (rep,) = replies(van, 10)
     np.testing.assert_allclose(rep.vals, ref.pull(keys), rtol=1e-6)
@@ -330,7 +349,7 @@ def test_server_ssp_holds_pulls_until_the_slowest_is_within_s(tmp_path):
     assert rec["staleness"].tolist() == [1] and rec["held_s"][0] >= 0
     # membership without worker 1: worker 0 is no longer held back by it
     srv.handle(P.Msg(P.CTRL, meta={"op": "membership", "membership": {
-        "gen": 1, "workers": [0], "servers": [0], "virtual_nodes": 1024, "replication": 1}}, src=0))
+        "gen": 1, "workers": [0], "servers": [0], "ranges": srv.membership.ranges, "replication": 1}}, src=0))
     srv.handle(P.Msg(P.PULL, req=20, clock=4, keys=keys, src=2))
     assert replies(van, 20)
 
@@ -347,7 +366,8 @@ def test_server_checkpoint_and_dump(tmp_path):
     srv, van, _ = make_server(tmp_path, "backend.checkpoint_every=2", workers=1)
     keys = np.array([3, 1, 2], np.uint64)
     for c in range(2):
-        srv.handle(P.Msg(P.PUSH, req=c + 1, clock=c, keys=keys, vals=np.ones((3, 1), np.float32), rows=1, src=2))
+        srv.handle(P.Msg(P.PUSH, req=c + 1, clock=c, keys=keys, vals=np.ones((3, 1), np.float32), rows=1, src=2,
+                         batch=c, div=1))
     done = [m for _, m in van.out if m.cmd == P.CTRL and m.meta["op"] == "ckpt_done"]
     assert [m.meta["clock"] for m in done] == [2]
     z = np.load(tmp_path / "checkpoints" / "clock-00000002" / "server-0.npz")
@@ -375,10 +395,99 @@ def test_push_sends_only_the_rows_the_kkt_filter_kept():
             self.sent.append(msg)
 
     van = Van()
-    client = KVClient(van, Layout(size=4, servers=1), Membership(0, [0, 1], [0]), dim=1, timeout=1.0)
+    client = KVClient(van, Layout(size=4, servers=1), Membership(0, [0, 1], [0], [[0]] * 8), dim=1, timeout=1.0)
     keys = np.arange(1000, dtype=np.uint64)
     keep = np.ones(1000, bool)
     keep[:3] = False  # a few dropped: fewer bytes than the mask naming them
     client.push(keys, np.ones((1000, 1), np.float32), rows=10, clock=0, keep=keep)
     (msg,) = van.sent
     assert msg.keep is not None and int(msg.keep.sum()) == 997
+
+
+# ---------------------------------------------------------------- exactly-once and replicas
+
+def make_servers(tmp_path, *overrides, servers=2, workers=2):
+    """Real servers wired through fake vans: deliver() moves their messages to each other."""
+    from pslab.backends.ps.server import Server
+
+    cfg = load_config(["backend=ps", f"backend.servers={servers}", *overrides])
+    layout = Layout(1 + servers + workers, servers)
+    out = []
+    for i in range(servers):
+        rec = Recorder(tmp_path / f"s{i}", 1 + i, "server", i)
+        out.append(Server(cfg, i, layout, FakeVan(), rec, NoFaults()))
+    return out, layout
+
+
+def deliver(servers, layout) -> list:
+    """Hand every server-to-server message to its receiver until none is left; returns
+    what went elsewhere (to workers and the coordinator)."""
+    rest = []
+    while any(s.van.out for s in servers):
+        for s in servers:
+            out, s.van.out = s.van.out, []
+            for dest, m in out:
+                role, i = layout.role_of(dest)
+                if role == "server":
+                    m.src = layout.server_rank(s.index)
+                    servers[i].handle(m)
+                else:
+                    rest.append((dest, m))
+    return rest
+
+
+def push_to_primaries(servers, layout, w, req, clock, keys, g, rows, batch):
+    m = servers[0].membership
+    owner = m.primary_of(keys)
+    for s in m.servers:
+        sel = owner == s
+        servers[s].handle(P.Msg(P.PUSH, req=req * 10 + s, clock=clock, keys=keys[sel], vals=g[sel], rows=rows,
+                                src=layout.worker_rank(w), batch=batch, div=rows, gen=m.gen))
+
+
+def test_a_batch_is_applied_once_whatever_copy_or_resend_arrives(tmp_path):
+    srv, van, _ = make_server(tmp_path, "backend.consistency=asp", workers=2)
+    keys = np.arange(6, dtype=np.uint64)
+    g = np.ones((6, 1), np.float32)
+    srv.handle(P.Msg(P.PUSH, req=1, clock=0, keys=keys, vals=g, rows=8, src=2, batch=7, div=8))
+    w1 = srv.table.gather(keys).copy()
+    srv.handle(P.Msg(P.PUSH, req=1, clock=0, keys=keys, vals=g, rows=8, src=2, batch=7, div=8))   # a resend
+    srv.handle(P.Msg(P.PUSH, req=5, clock=0, keys=keys, vals=g, rows=8, src=3, batch=7, div=8))   # another copy
+    assert (srv.table.gather(keys) == w1).all()
+    assert srv.dup_parts == 1 and (srv.log.rows == 8).all()  # every range counts the batch's rows once
+    acks = [m for _, m in van.out if m.cmd == P.PUSH_ACK]
+    assert len(acks) == 3  # each is acknowledged: the sender may stop re-sending
+
+
+@pytest.mark.parametrize("mode", ["ssp", "asp"])
+def test_backups_end_bit_identical_to_their_primary(tmp_path, mode):
+    servers, layout = make_servers(tmp_path, f"backend.consistency={mode}", "backend.staleness=2",
+                                   "backend.replication=2", "model=fm")
+    rng = np.random.default_rng(3)
+    acks = []
+    for c in range(4):
+        for w in (1, 0):
+            keys = np.unique(rng.integers(0, 2**64 - 2, 300, dtype=np.uint64))
+            g = rng.standard_normal((len(keys), servers[0].model.dim)).astype(np.float32)
+            push_to_primaries(servers, layout, w, c * 2 + w + 1, c, keys, g, 16, 100 * c + w)
+            # before the backups answer, no push is acknowledged
+            assert not [m for s in servers for _, m in s.van.out if m.cmd == P.PUSH_ACK]
+            acks += [m for _, m in deliver(servers, layout) if m.cmd == P.PUSH_ACK]
+    assert len(acks) == 4 * 2 * 2
+    d0, d1 = servers[0].digests(), servers[1].digests()
+    assert d0 and d0 == d1 and len(d0) == servers[0].membership.n_ranges
+    # and the backup's rows of a range are its primary's, bit for bit
+    keys0, pos0 = servers[0].rows_of([0])
+    keys1, pos1 = servers[1].rows_of([0])
+    o0, o1 = np.argsort(keys0), np.argsort(keys1)
+    assert (keys0[o0] == keys1[o1]).all() and (servers[0].table.W[pos0][o0] == servers[1].table.W[pos1][o1]).all()
+
+
+def test_a_forward_from_a_server_that_is_not_the_primary_is_dropped(tmp_path):
+    servers, layout = make_servers(tmp_path, "backend.replication=2")
+    r = servers[0].membership.primary_ranges(1)[0]  # a range server 1 leads, server 0 backs up
+    keys = np.array([k for k in range(2000) if range_of(np.array([k], np.uint64), 64)[0] == r][:3], np.uint64)
+    stale = P.Msg(P.FWD, req=1, keys=keys, vals=np.ones((3, 2), np.float32), meta={"log": [[5, 4, [r]]]},
+                  src=layout.server_rank(0))
+    servers[1].handle(stale)  # server 0 is not the primary of r: server 1 must not take it
+    assert servers[1].log.rows[r] == 0 and not [m for _, m in servers[1].van.out if m.cmd == P.FWD_ACK]

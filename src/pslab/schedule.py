@@ -66,3 +66,8 @@ class Lane:
                 self._cur, self._cur_id = None, None
         return Rows.concat(parts)
 
+
+
+def read_segments(data: Dataset, segs) -> Rows:
+    """The rows of a list of segments [block, first row, end row], in order."""
+    return Rows.concat([data.block(int(b)).slice(int(a), int(e)) for b, a, e in segs])

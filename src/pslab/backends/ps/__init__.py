@@ -6,14 +6,19 @@ Rank 0 is the coordinator, ranks 1..S the servers, the rest the workers. Modules
 each (after ps-lite's split of transport / request tracking / retries):
     protocol     the wire format, codecs, key caches, chunking
     van          the transport over MPI (non-blocking, deadlines, byte accounting)
-    hashring     consistent hashing: key -> server, replicas
+    ranges       key -> range, the replica map (primary + backups), per-range failover
     membership   the rank layout and the live membership (data the coordinator changes)
-    client       pull / push / wait(ts) with timeouts
+    client       pull / push / wait(ts) with timeouts, re-routing after a failover
     consistency  BSP / SSP / ASP clock rules and the staleness served
-    server       the key-value store and the optimizer
-    worker       the training loop on a lane of blocks
-    coordinator  plan, clocks, evaluation, checkpoints, termination
-    checkpoint   atomic shards and manifests, restore
+    applied      per-range records of the batches applied (exactly-once)
+    server       the key ranges' rows and the optimizer; server_ctrl its control messages
+    forward      primary-backup replication: forwards, snapshots, both ends
+    worker       the training loop over the batches it is given
+    ledger       the plan's batches with fixed ids, and who has which (the work ledger)
+    detector     heartbeats from a thread of their own; silent ranks
+    coordinator  the run: assignments, clocks, evaluation, the end; failover, backups,
+                 report: its parts
+    checkpoint   atomic shards (consistent cuts) and manifests keyed by ranges, restore
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import time
 from mpi4py import MPI
 
 from . import protocol as P
+from .detector import Heartbeat, check_timeouts
 from .membership import Layout, Membership
 
 __all__ = ["run", "role_of"]
@@ -47,14 +53,18 @@ def run(cfg, comm, rec, make_injector):
     # so a dead peer is an exception the roles can handle (failover), not the end.
     comm = comm.Dup()
     comm.Set_errhandler(MPI.ERRORS_RETURN)
+    hb_comm = comm.Dup()  # heartbeats travel apart from the data path (detector.py)
+    hb_comm.Set_errhandler(MPI.ERRORS_RETURN)
+    check_timeouts(cfg.backend)
     deadline = time.time() + float(cfg.run.deadline_s)
     role, index = layout.role_of(comm.Get_rank())
     van = make_van(cfg, comm, rec)
     roles = {"worker": layout.workers, "server": layout.servers, "coordinator": 1, "rank": layout.size}
+    heartbeat = None
     try:
         if role == "coordinator":
             try:
-                return _coordinator(cfg, layout, van, rec, make_injector, roles, deadline)
+                return _coordinator(cfg, layout, van, hb_comm, rec, make_injector, roles, deadline)
             except BaseException as e:
                 # Tell every rank to stop now (under ULFM an MPI_Abort alone does not end
                 # the others promptly), then fail with the reason.
@@ -64,6 +74,7 @@ def run(cfg, comm, rec, make_injector):
                     van.send(r, P.Msg(P.CTRL, meta={"op": "abort", "reason": reason}))
                 van.flush(2.0)
                 raise
+        heartbeat = Heartbeat(hb_comm, float(cfg.backend.heartbeat_timeout_s) / 4).start()
         start = _wait_start(van, rec, float(cfg.backend.idle_timeout_s), deadline)
         injector = make_injector(roles, int(start["planned"]))
         membership = Membership.from_meta(start["membership"])
@@ -82,6 +93,8 @@ def run(cfg, comm, rec, make_injector):
             w.run(deadline)
         return None
     finally:
+        if heartbeat is not None:
+            heartbeat.stop()
         van.flush(2.0)
 
 
@@ -111,12 +124,13 @@ def _wait_start(van, rec, idle_timeout: float, deadline: float) -> dict:
     raise TimeoutError(f"no start message from the coordinator within {idle_timeout:g} s")
 
 
-def _coordinator(cfg, layout, van, rec, make_injector, roles, deadline) -> dict:
+def _coordinator(cfg, layout, van, hb_comm, rec, make_injector, roles, deadline) -> dict:
     from . import checkpoint as ckpt
-    from .coordinator import Coordinator, Plan
+    from .coordinator import Coordinator
+    from .ledger import Plan
 
     s = _setup(cfg, rec)
-    plan = Plan(s, layout.workers, int(cfg.train.epochs))
+    plan = Plan(s, layout.workers, int(cfg.train.epochs), str(cfg.backend.consistency) == "bsp")
     start_clock, resume = 0, cfg.backend.get("resume_from")
     if resume:
         info = ckpt.read_manifest(resume)
@@ -124,7 +138,7 @@ def _coordinator(cfg, layout, van, rec, make_injector, roles, deadline) -> dict:
         resume = str(info["dir"])
         rec.event("resume", clock=start_clock, manifest=resume)
     injector = make_injector(roles, plan.total)
-    coord = Coordinator(cfg, layout, s, van, rec, injector, plan, start_clock, resume)
+    coord = Coordinator(cfg, layout, s, van, hb_comm, rec, injector, plan, start_clock, resume)
     for r in range(1, layout.size):
         van.send(r, P.Msg(P.CTRL, meta={"op": "start", "planned": plan.total, "start_clock": start_clock,
                                         "resume_from": resume, "membership": coord.membership.to_meta()}))

@@ -7,11 +7,12 @@ every shard of its clock is on disk, so the newest manifest is always a usable s
     <run dir>/checkpoints/clock-00000032/manifest.json
     <run dir>/checkpoints/LATEST            (names the newest manifest)
 
-Each shard holds the keys its server *owns* (not its replicas), so every key is in one
-shard. Restoring reads the shards and keeps the keys the ring gives to the reader (as
-owner or replica), so a run can resume with another number of servers, and a successor
-can take over a dead server's ranges from the last checkpoint (failover with R = 1:
-server.restore_ranges reads only the dead server's shard).
+Each shard holds the key ranges its server *leads* (not its backups), with the batches
+each range absorbed, so every range is in exactly one shard of a clock. The manifest
+lists each shard's ranges and is keyed by the ranges: it is written once the shards of
+a clock cover every range, whoever wrote them. Restoring picks ranges, not servers:
+a run can resume with another number of servers, and a range with no copy left comes
+back from the shard that holds it, including ranges its last server had inherited.
 """
 from __future__ import annotations
 
@@ -22,18 +23,22 @@ from pathlib import Path
 import numpy as np
 
 from ...observe import write_json_atomic, write_text_atomic
+from .ranges import range_of
 
 
 def clock_dir(root: Path, clock: int) -> Path:
     return Path(root) / f"clock-{int(clock):08d}"
 
 
-def write_shard(root: Path, clock: int, server: int, keys: np.ndarray, W: np.ndarray, S: np.ndarray) -> Path:
+def write_shard(root: Path, clock: int, server: int, keys: np.ndarray, W: np.ndarray, S: np.ndarray,
+                log: dict) -> Path:
+    """One server's part of the cut: the rows of the ranges it leads and, per range, the
+    batches they absorbed (applied.AppliedLog.export), so a restore drops re-sent ones."""
     d = clock_dir(root, clock)
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"server-{server}.npz"
     tmp = d / f".server-{server}.{os.getpid()}.tmp.npz"
-    np.savez(tmp, keys=np.asarray(keys, np.uint64), W=W, S=S)
+    np.savez(tmp, keys=np.asarray(keys, np.uint64), W=W, S=S, log=np.array(json.dumps(log)))
     os.replace(tmp, path)
     return path
 
@@ -41,7 +46,7 @@ def write_shard(root: Path, clock: int, server: int, keys: np.ndarray, W: np.nda
 def write_manifest(root: Path, clock: int, info: dict) -> Path:
     d = clock_dir(root, clock)
     d.mkdir(parents=True, exist_ok=True)
-    missing = [s for s in info["shards"] if not (d / s).exists()]
+    missing = [s["file"] for s in info["shards"] if not (d / s["file"]).exists()]
     if missing:
         raise FileNotFoundError(f"checkpoint at clock {clock}: shards {missing} are not on disk")
     path = d / "manifest.json"
@@ -76,22 +81,52 @@ def read_manifest(path) -> dict:
     return info
 
 
-def load_rows(info: dict, keep=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(keys, W, S) of every shard of a manifest; keep(keys) -> bool mask selects rows."""
-    parts = []
-    for name in info["shards"]:
-        z = np.load(Path(info["dir"]) / name)
-        k, W, S = z["keys"], z["W"], z["S"]
-        if keep is not None:
-            m = keep(k)
-            k, W, S = k[m], W[m], S[m]
-        parts.append((k, W, S))
+def load_ranges(info: dict, ranges, n_ranges: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """(keys, W, S, per-range records) of `ranges` from a manifest's shards (each range is
+    in exactly one shard; the manifest says which). A checkpoint made with another number
+    of ranges cannot be split by range: it is refused with the key to set."""
+    if int(info.get("ranges", n_ranges)) != n_ranges:
+        raise SystemExit(f"checkpoint {info.get('dir')} has {info.get('ranges')} key ranges; set "
+                         f"backend.ranges={info.get('ranges')} to resume from it")
+    want = set(int(r) for r in ranges)
+    parts, logs = [], {}
+    for sh in info["shards"]:
+        if not want & set(sh["ranges"]):
+            continue
+        z = np.load(Path(info["dir"]) / sh["file"])
+        k = z["keys"]
+        m = np.isin(range_of(k, n_ranges), list(want))
+        parts.append((k[m], z["W"][m], z["S"][m]))
+        logs.update({r: v for r, v in json.loads(str(z["log"])).items() if int(r) in want})
     if not parts:
-        return np.zeros(0, np.uint64), None, None
+        return np.zeros(0, np.uint64), None, None, logs
     keys, W, S = (np.concatenate([p[i] for p in parts]) for i in range(3))
-    if len(parts) > 1:  # a key in two shards (replicas in an older layout): keep its first copy
-        _, first = np.unique(keys, return_index=True)
-        if len(first) < len(keys):
-            first.sort()
-            keys, W, S = keys[first], W[first], S[first]
-    return keys, W, S
+    return keys, W, S, logs
+
+
+class Manifests:
+    """The coordinator's side: shards reported per clock, and a manifest once the shards
+    of a clock cover every range (whichever servers wrote them). A clock whose shards
+    never cover every range (a server died before writing its own) gets no manifest and
+    is skipped: the newest manifest is always a complete, consistent cut."""
+
+    def __init__(self, root: Path, n_ranges: int, info: dict):
+        self.root, self.n_ranges, self.info = Path(root), int(n_ranges), dict(info)
+        self.shards: dict[int, dict[int, dict]] = {}     # clock -> server -> {file, ranges}
+        self.written: list[int] = []
+
+    def on_shard(self, clock: int, server: int, file: str, ranges: list[int], extra: dict) -> bool:
+        """Record a shard; True when it completed the clock's manifest."""
+        got = self.shards.setdefault(int(clock), {})
+        got[int(server)] = {"file": file, "ranges": [int(r) for r in ranges]}
+        covered = [r for sh in got.values() for r in sh["ranges"]]
+        if clock in self.written or sorted(covered) != list(range(self.n_ranges)):
+            return False
+        write_manifest(self.root, clock, {"shards": [got[s] for s in sorted(got)], "ranges": self.n_ranges,
+                                          **self.info, **extra})
+        self.written.append(int(clock))
+        return True
+
+    @property
+    def latest(self) -> int | None:
+        return self.written[-1] if self.written else None

@@ -1,25 +1,27 @@
 """The key-value client (ps-lite's KVWorker + Customer): pull and push return a request id
 at once; wait(id) blocks until every server involved has answered, with a timeout.
 
-A request is split by the hash ring into one message per server, a *part*, each with its
-own wire id (the header's req field). Replies are matched by (part id, server) and
+A request is split by the replica map into one message per server, a *part*, each with
+its own wire id (the header's req field). Pulls and pushes go to each key range's
+primary only (the primary forwards updates to the backups, forward.py). A push sends a
+part to every live server, empty where the batch has no keys there: it is the server's
+clock tick, and the part tells each range the server leads that this batch reached it
+(exactly-once counts every range). Replies are matched by (part id, server) and
 scattered back into the caller's key order. Everything that is not a reply (control
 messages from the coordinator) goes to `inbox` for the role's loop; `on_pump`, when set,
-is called after every receive so a role can act on control messages (a new membership,
-the coordinator's death) while it waits.
+is called after every receive so a role can act on control messages while it waits.
 
-Replication (backend.replication = R): a pull goes to each key's owner, a push to all R
-replicas of each key (owner + next R-1 servers on the ring), so a push that every server
-acknowledged is on R servers; nothing is forwarded between servers.
+Failover: set_membership(m) re-routes what is outstanding at servers that left: pull
+parts are split again over the new primaries; a push part is re-sent, with its batch id
+and the ranges it was meant for, to the servers that now lead those ranges (F_REROUTE:
+no clock tick). A range's new primary holds every batch the old one had forwarded, so
+it drops a re-sent batch it already has; a range restored from a checkpoint drops what
+the checkpoint holds. A wait that times out re-sends its missing parts once, with the
+same part ids (the server answers a repeated id without applying it again); only a
+second timeout raises, naming the servers (RequestTimeout).
 
-Failover: set_membership(m, failover) re-routes what is outstanding at servers that left
-the ring: pull parts are split again over the new owners and re-sent; push parts at a
-dead server are dropped when its replicas already got theirs (R >= 2: the same push
-message to the replica carried those keys), or re-sent to the new owners as `handover`
-pushes (R = 1: after a checkpoint restore; the server applies them without counting a
-clock). A wait that times out re-sends its missing parts once, with the same part ids:
-servers answer a repeated push id without applying it again (idempotent), and a pull is
-idempotent anyway; only a second timeout raises, naming the servers (RequestTimeout).
+Acknowledged pushes are remembered per batch with the ranges they covered (`acked`), so
+the run can measure what was acknowledged and then lost (summary.json's lost_updates).
 """
 from __future__ import annotations
 
@@ -31,12 +33,13 @@ import numpy as np
 
 from ...store import put_rows, take_rows
 from . import protocol as P
-from .hashring import group_by_server
+from .ranges import group_by_server
 
 
 class RequestTimeout(TimeoutError):
     def __init__(self, ts: int, kind: str, missing, timeout: float):
-        super().__init__(f"{kind} request {ts}: no answer from server(s) {sorted(missing)} within {timeout:g} s")
+        super().__init__(f"{kind} request {ts}: no answer from server(s) {sorted(missing)} within {timeout:g} s "
+                         f"(lost some servers?)")
         self.ts, self.missing = ts, set(missing)
 
 
@@ -47,6 +50,7 @@ class Part:
     msg: P.Msg                                  # as sent (kept for re-sending)
     pos: np.ndarray | None = None               # pull: positions of its keys in the request's `out`
     compress: bool = True
+    ranges: list | None = None                  # push: the ranges it covers
 
 
 @dataclass
@@ -67,56 +71,63 @@ class KVClient:
         self.next_part = 1
         self._split_for = None                  # the key array the last split was made for
         self._split: dict = {}
-        self._rsplit_for = None
-        self._rsplit: dict = {}
         self.on_pump = None                     # callable() run after each receive (control messages)
-        self.on_ack = None                      # callable(server, clock, nkeys) for each push acknowledged
+        self.acked: dict[int, set] = {}         # batch id -> ranges that acknowledged it
         self.resent = 0
         self.rerouted = 0
 
-    def set_membership(self, m, failover: dict | None = None) -> None:
+    def set_membership(self, m) -> None:
         """Adopt a new membership; re-route what is outstanding at servers that left."""
         old = self.membership
         self.membership = m
-        self._split_for = self._rsplit_for = None
+        self._split_for = None
         gone = set(old.servers) - set(m.servers)
         if not gone:
             return
-        handover = bool(failover and failover.get("mode") == "checkpoint")
         for pid in [pid for pid, p in self.parts.items() if p.server in gone]:
             p = self.parts.pop(pid)
             req = self.pending.get(p.ts)
             if req is None:
                 continue
             req.waiting.discard(pid)
-            keys = p.msg.keys
             if p.msg.cmd == P.PULL:
+                keys = p.msg.keys
                 if keys is not None and len(keys):
-                    groups = self.split(keys, cache=False)
-                    for s, (pos, k) in groups.items():
+                    for s, (pos, k) in self.split(keys, cache=False).items():
                         self._send(p.ts, s, P.Msg(P.PULL, clock=p.msg.clock, keys=k, gen=m.gen), pos=p.pos[pos],
                                    compress=p.compress)
                         self.rerouted += 1
-            elif handover and keys is not None and len(keys):
-                # R = 1: the new owners restored these ranges from a checkpoint; the push
-                # the dead server may never have applied goes to them (once: a new part id).
-                vals = p.msg.vals
-                if p.msg.keep is not None:
-                    keys, vals = keys[p.msg.keep], vals[p.msg.keep]
-                for s, (pos, k) in self.split_push(keys, cache=False).items():
-                    self._send(p.ts, s, P.Msg(P.PUSH, clock=p.msg.clock, keys=k, vals=vals[pos], rows=p.msg.rows,
-                                              gen=m.gen, meta={"handover": 1}))
-                    self.rerouted += 1
-            # else: a push part at a dead server whose keys its replicas already got
+            else:
+                self._reroute_push(p)
+
+    def _reroute_push(self, p: Part) -> None:
+        """A push part whose server died: to the new primaries of the ranges it covered."""
+        m, msg = self.membership, p.msg
+        keys, vals = msg.keys, msg.vals
+        if keys is not None and msg.keep is not None:
+            keys, vals = keys[msg.keep], vals[msg.keep]
+        lead: dict[int, list] = {}
+        for r in p.ranges:
+            if m.ranges[r]:
+                lead.setdefault(m.ranges[r][0], []).append(r)
+        owner = m.primary_of(keys) if keys is not None and len(keys) else np.zeros(0, np.int16)
+        for s, ranges in sorted(lead.items()):
+            pos = np.flatnonzero(owner == s)
+            k = keys[pos] if len(pos) else None
+            v = take_rows(vals, pos) if len(pos) else None
+            self._send(p.ts, s, P.Msg(P.PUSH, clock=msg.clock, keys=k, vals=v, rows=msg.rows, gen=m.gen,
+                                      batch=msg.batch, div=msg.div, flags=P.F_REROUTE, meta={"ranges": ranges}),
+                       ranges=ranges)
+            self.rerouted += 1
 
     # ------------------------------------------------------------ routing
 
     def split(self, keys: np.ndarray, cache: bool = True) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """owner server -> (positions, keys). Cached for the same array: a push reuses its pull's."""
+        """primary server -> (positions, keys). Cached for the same array: a push reuses its pull's."""
         if cache and keys is self._split_for:
             return self._split
-        ring = self.membership.ring
-        groups = group_by_server(ring.route(keys), ring.servers) if len(keys) else {}
+        m = self.membership
+        groups = group_by_server(m.primary_of(keys), m.servers) if len(keys) else {}
         out = {}
         for s, pos in groups.items():
             k = np.take(keys, pos)
@@ -128,41 +139,6 @@ class KVClient:
             self._split_for, self._split = keys, out
         return out
 
-    def split_push(self, keys: np.ndarray, cache: bool = True) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """server -> (positions, keys) of every key it holds a replica of (R = 1: the owner)."""
-        ring = self.membership.ring
-        if ring.replication <= 1:
-            return self.split(keys, cache)
-        if cache and keys is self._rsplit_for:
-            return self._rsplit
-        out = {}
-        if len(keys):
-            reps = ring.replicas(keys)
-            own = self.split(keys, cache)
-            for s in ring.servers:
-                if s in own:  # the owner's share first, in the pull's order (the key cache reuses it)
-                    pos_own = own[s][0]
-                    extra = np.flatnonzero((reps[:, 1:] == s).any(1))
-                else:
-                    pos_own, extra = np.zeros(0, np.int64), np.flatnonzero((reps[:, 1:] == s).any(1))
-                if not len(pos_own) and not len(extra):
-                    continue
-                if len(extra):
-                    k_extra = keys[extra]
-                    if self.van.delta:
-                        o = np.argsort(k_extra, kind="stable")
-                        extra, k_extra = extra[o], k_extra[o]
-                    pos = np.concatenate([pos_own, extra]) if len(pos_own) else extra
-                    if self.van.delta and len(pos_own):
-                        o = np.argsort(keys[pos], kind="stable")
-                        pos = pos[o]
-                    out[s] = (pos, keys[pos])
-                else:
-                    out[s] = own[s]
-        if cache:
-            self._rsplit_for, self._rsplit = keys, out
-        return out
-
     # ------------------------------------------------------------ requests
 
     def _new(self, req: Request) -> int:
@@ -171,11 +147,11 @@ class KVClient:
         self.pending[ts] = req
         return ts
 
-    def _send(self, ts: int, s: int, msg: P.Msg, pos=None, compress: bool = True) -> int:
+    def _send(self, ts: int, s: int, msg: P.Msg, pos=None, compress: bool = True, ranges=None) -> int:
         pid = self.next_part
         self.next_part += 1
         msg.req = pid
-        self.parts[pid] = Part(ts, s, msg, pos, compress)
+        self.parts[pid] = Part(ts, s, msg, pos, compress, ranges)
         self.pending[ts].waiting.add(pid)
         self.van.send(self.layout.server_rank(s), msg, compress=compress)
         return pid
@@ -191,27 +167,30 @@ class KVClient:
             self._send(ts, s, P.Msg(P.PULL, clock=clock, keys=k, gen=self.membership.gen), pos=pos, compress=compress)
         return ts
 
-    def push(self, keys: np.ndarray, grad: np.ndarray, rows: int, clock: int, keep: np.ndarray | None = None,
-             all_servers: bool = True, meta: dict | None = None) -> int:
-        """Summed gradient rows for `keys` made from `rows` examples at `clock`. Every live
-        server gets a push each clock (empty if none of its keys): that is its clock tick.
-        keep: rows worth sending (KKT filter); the others stay home."""
+    def push(self, keys: np.ndarray, grad: np.ndarray | None, rows: int, clock: int, keep: np.ndarray | None = None,
+             batch: int = -1, div: int = 0, between=None) -> int:
+        """Summed gradient rows for `keys` of batch `batch` (`rows` examples) at `clock`,
+        to be divided by `div` where applied. keep: rows worth sending (KKT filter); the
+        others stay home. between(): called after the first server's part is sent (a
+        fault point: a push half sent)."""
         keys = np.asarray(keys, np.uint64)
-        groups = self.split_push(keys) if len(keys) else {}
-        targets = self.membership.servers if all_servers else list(groups)
+        m = self.membership
+        groups = self.split(keys) if len(keys) else {}
         req = Request("push", set())
         ts = self._new(req)
-        for s in targets:
+        for i, s in enumerate(m.servers):
             if s in groups:
                 pos, k = groups[s]
                 # Always filtered: the worker keeps each dropped row as a residual for its next
                 # push, so sending it now as well would apply it twice.
                 kp = None if keep is None else keep[pos]
-                msg = P.Msg(P.PUSH, clock=clock, keys=k, vals=take_rows(grad, pos), rows=rows, keep=kp,
-                            gen=self.membership.gen, meta=meta)
+                msg = P.Msg(P.PUSH, clock=clock, keys=k, vals=take_rows(grad, pos), rows=rows, keep=kp, gen=m.gen,
+                            batch=batch, div=div)
             else:
-                msg = P.Msg(P.PUSH, clock=clock, rows=rows, gen=self.membership.gen, meta=meta)
-            self._send(ts, s, msg)
+                msg = P.Msg(P.PUSH, clock=clock, rows=rows, gen=m.gen, batch=batch, div=div)
+            self._send(ts, s, msg, ranges=m.primary_ranges(s))
+            if i == 0 and between is not None:
+                between()
         return ts
 
     # ------------------------------------------------------------ completion
@@ -227,9 +206,8 @@ class KVClient:
                 return
             if msg.cmd == P.PULL_REPLY and p.pos is not None and len(p.pos):
                 put_rows(req.out, p.pos, msg.vals)
-            elif msg.cmd == P.PUSH_ACK and self.on_ack is not None and p.msg.keys is not None:
-                n = len(p.msg.keys) if p.msg.keep is None else int(p.msg.keep.sum())
-                self.on_ack(p.server, p.msg.clock, n)
+            elif msg.cmd == P.PUSH_ACK and p.msg.batch >= 0:
+                self.acked.setdefault(p.msg.batch, set()).update(p.ranges)
             req.waiting.discard(msg.req)
         else:
             self.inbox.append(msg)

@@ -8,6 +8,8 @@ reached c - s:
     SSP  s,     progress = the slowest live worker's clock (pushes apply on arrival);
     ASP  always answered; progress as in SSP, only to measure staleness.
 The staleness of an answered pull is c - progress (clocks of updates it may miss).
+While a checkpoint cut at clock k is pending (SSP/ASP hold back pushes of clocks >= k),
+`cap` = k keeps progress from passing it: the held pushes are not applied yet.
 The live workers are data: failover calls set_workers() to stop waiting for the dead.
 """
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Clocks:
         self.workers = set(int(w) for w in workers)
         self.pushed = {w: int(start_clock) for w in self.workers}   # clock reached per worker
         self.applied = int(start_clock)                              # BSP: clocks applied
+        self.cap: int | None = None                                  # SSP/ASP: a pending cut
         # per-pull records: worker, clock, progress when served, seconds held
         self._rec: list[tuple] = []
 
@@ -51,7 +54,9 @@ class Clocks:
         return min((self.pushed[w] for w in self.workers), default=self.applied)
 
     def progress(self) -> int:
-        return self.applied if self.mode == "bsp" else self.min_clock()
+        if self.mode == "bsp":
+            return self.applied
+        return self.min_clock() if self.cap is None else min(self.cap, self.min_clock())
 
     # -- pulls
     def ready(self, clock: int) -> bool:

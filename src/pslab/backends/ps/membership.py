@@ -1,14 +1,17 @@
 """Who is in the job: the rank layout (fixed at launch) and the membership (data the
-coordinator changes: failover drops dead workers, and moves a dead server's keys to its
-ring successors by publishing a new generation).
+coordinator changes: failover drops dead workers, and hands a dead server's ranges to
+their replicas by publishing a new generation of the replica map).
 
 Layout: rank 0 is the coordinator, ranks 1..S the servers 0..S-1, the rest workers.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 
-from .hashring import HashRing
+import numpy as np
+
+from . import ranges as RG
 
 
 @dataclass(frozen=True)
@@ -41,35 +44,61 @@ class Layout:
         return 1 + self.servers + j
 
 
-@dataclass
+@dataclass(frozen=True)
 class Membership:
     gen: int
     workers: list[int]                   # live worker indices
-    servers: list[int]                   # live server indices (the ring's members)
-    virtual_nodes: int = 1024
-    replication: int = 1
+    servers: list[int]                   # live server indices
+    ranges: list[list[int]]              # range -> [primary, backups...] (the replica map)
+    replication: int = 1                 # the copies wanted of each range
     demoted: list[int] = field(default_factory=list)  # live workers whose clocks no longer count (backed up)
-    _ring: HashRing | None = field(default=None, repr=False, compare=False)
 
     @staticmethod
     def initial(layout: Layout, cfg_backend) -> "Membership":
-        return Membership(0, list(range(layout.workers)), list(range(layout.servers)),
-                          int(cfg_backend.get("virtual_nodes", 1024)), int(cfg_backend.get("replication", 1)))
+        servers = list(range(layout.servers))
+        R = int(cfg_backend.get("replication", 1))
+        n = int(cfg_backend.get("ranges", 64))
+        return Membership(0, list(range(layout.workers)), servers, RG.initial_map(servers, n, R), R)
+
+    def next(self, **changes) -> "Membership":
+        """The next generation with some fields changed (workers, servers, ranges, demoted)."""
+        return replace(self, gen=self.gen + 1, **changes)
 
     @property
-    def ring(self) -> HashRing:
-        if self._ring is None:
-            self._ring = HashRing(self.servers, self.virtual_nodes, self.replication)
-        return self._ring
+    def n_ranges(self) -> int:
+        return len(self.ranges)
+
+    @cached_property
+    def primary_table(self) -> np.ndarray:
+        return RG.primaries(self.ranges)
+
+    def primary_of(self, keys: np.ndarray) -> np.ndarray:
+        return self.primary_table[RG.range_of(keys, self.n_ranges)]
+
+    @cached_property
+    def lead(self) -> dict[int, list[int]]:
+        """server -> the ranges it is the primary of."""
+        out: dict[int, list[int]] = {s: [] for s in self.servers}
+        for r, reps in enumerate(self.ranges):
+            if reps:
+                out.setdefault(reps[0], []).append(r)
+        return out
+
+    def primary_ranges(self, server: int) -> list[int]:
+        return self.lead.get(server, [])
+
+    def held_ranges(self, server: int) -> list[int]:
+        return [r for r, reps in enumerate(self.ranges) if server in reps]
 
     def to_meta(self) -> dict:
-        return {"gen": self.gen, "workers": self.workers, "servers": self.servers,
-                "virtual_nodes": self.virtual_nodes, "replication": self.replication, "demoted": self.demoted}
+        return {"gen": self.gen, "workers": self.workers, "servers": self.servers, "ranges": self.ranges,
+                "replication": self.replication, "demoted": self.demoted}
 
     @staticmethod
     def from_meta(m: dict) -> "Membership":
         return Membership(int(m["gen"]), [int(w) for w in m["workers"]], [int(s) for s in m["servers"]],
-                          int(m["virtual_nodes"]), int(m["replication"]), [int(w) for w in m.get("demoted", [])])
+                          [[int(s) for s in reps] for reps in m["ranges"]], int(m["replication"]),
+                          [int(w) for w in m.get("demoted", [])])
 
     def counted(self) -> list[int]:
         """The workers the clock rules wait for: live and not demoted."""

@@ -1,6 +1,6 @@
 """The parameter server's wire format: a fixed header and three parts,
 
-    [ header: 16 x int64 ][ keys ][ values ][ meta ]
+    [ header: 19 x int64 ][ keys ][ values ][ meta ]
 
 sent with uppercase (buffer) mpi4py calls, so nothing on the data path is pickled. The
 header says how each part is coded; keys and values are numpy arrays viewed in place on
@@ -35,21 +35,25 @@ import numpy as np
 
 TAG = 7001                      # one tag for everything: per-sender order is then total
 MAGIC = 0x50534C4142            # "PSLAB"
-HEADER_LEN = 16
+HEADER_LEN = 19
 HEADER_BYTES = 8 * HEADER_LEN
 CHUNK_BYTES = 1 << 30
 INLINE_MAX = 1 << 16            # payloads above this go as separate pieces, without a copy
 CACHE_SLOTS = 8
 
 # commands
-PULL, PULL_REPLY, PUSH, PUSH_ACK, CTRL, DATA = 1, 2, 3, 4, 5, 6
+PULL, PULL_REPLY, PUSH, PUSH_ACK, CTRL, DATA, FWD, FWD_ACK = 1, 2, 3, 4, 5, 6, 7, 8
 PEER_FAILED = 99                # never on the wire: the van's notice that MPI reported a dead peer
 CMD_NAMES = {PULL: "pull", PULL_REPLY: "pull_reply", PUSH: "push", PUSH_ACK: "push_ack", CTRL: "ctrl",
-             DATA: "data", PEER_FAILED: "peer_failed"}
+             DATA: "data", FWD: "forward", FWD_ACK: "forward_ack", PEER_FAILED: "peer_failed"}
+
+# flags
+F_REROUTE = 1                   # a push part re-sent to a range's new primary: it ticks no clock
+F_SNAPSHOT = 2                  # a forward that replaces a range's rows (re-replication), not an update
 
 # header fields
 (H_MAGIC, H_CMD, H_REQ, H_CLOCK, H_NKEYS, H_DIM, H_KCODEC, H_VCODEC, H_CACHE, H_ROWS,
- H_KBYTES, H_VBYTES, H_MBYTES, H_CHUNK, H_NCHUNKS, H_GEN) = range(HEADER_LEN)
+ H_KBYTES, H_VBYTES, H_MBYTES, H_CHUNK, H_NCHUNKS, H_GEN, H_BATCH, H_DIV, H_FLAGS) = range(HEADER_LEN)
 
 # key codecs (low bits) and flags
 K_NONE, K_RAW, K_DELTA32, K_VARINT, K_CACHED = 0, 1, 2, 3, 4
@@ -70,6 +74,9 @@ class Msg:
     meta: dict | None = None
     gen: int = 0                        # membership generation (failover fences old ones)
     keep: np.ndarray | None = None      # bool per key: rows of vals present (KKT filter)
+    batch: int = -1                     # push: the batch id (ledger.batch_id), fixed for life; -1: none
+    div: int = 0                        # push: what the summed gradient is divided by (from the plan)
+    flags: int = 0                      # F_* bits
     src: int = -1                       # filled in on receipt
     nbytes: int = 0                     # wire size, filled in on receipt
 
@@ -275,14 +282,14 @@ def encode(msg: Msg, fp16: bool = False, delta: bool = False, cache: SendCache |
     if payload <= inline_max:
         # Small: one buffer, one MPI message (latency is what counts here).
         head = _HEAD.pack(MAGIC, msg.cmd, msg.req, msg.clock, nkeys, dim, kcodec, vcodec, cid, msg.rows,
-                          kn, vn, mn, 0, 0, msg.gen)
+                          kn, vn, mn, 0, 0, msg.gen, msg.batch, msg.div, msg.flags)
         return [b"".join((head, *parts))], sizes
     # Large: the header announces the pieces, which then go straight from the arrays
     # (no copy), each below chunk_bytes, so no MPI count ever nears 2^31.
     views = [_bytes(x) for x in parts]
     pieces = [b[a:a + chunk_bytes] for b in views for a in range(0, len(b), chunk_bytes)]
     head = _HEAD.pack(MAGIC, msg.cmd, msg.req, msg.clock, nkeys, dim, kcodec, vcodec, cid, msg.rows,
-                      kn, vn, mn, chunk_bytes, len(pieces), msg.gen)
+                      kn, vn, mn, chunk_bytes, len(pieces), msg.gen, msg.batch, msg.div, msg.flags)
     return [head] + pieces, sizes
 
 
@@ -300,7 +307,8 @@ def _encode_plain(msg: Msg, keys, vals, inline_max: int):
         return None
     n = len(keys) if keys is not None else (0 if vals is None else len(vals))
     head = _HEAD.pack(MAGIC, msg.cmd, msg.req, msg.clock, n, 0 if vals is None else vals.shape[1],
-                      K_NONE if keys is None else K_RAW, V_F32, -1, msg.rows, kn, vn, 0, 0, 0, msg.gen)
+                      K_NONE if keys is None else K_RAW, V_F32, -1, msg.rows, kn, vn, 0, 0, 0, msg.gen, msg.batch,
+                      msg.div, msg.flags)
     parts = [x for x in (keys, vals) if x is not None and len(x)]
     wire = HEADER_BYTES + kn + vn
     return [b"".join((head, *parts))], Sizes(wire, wire)
@@ -384,8 +392,8 @@ def decode(h: tuple, buf, src: int, cache: RecvCache | None = None, off: int = 0
     if keep is not None:
         keys = keys[keep]
     meta = json.loads(bytes(buf[off + kb + vb:off + kb + vb + mb])) if mb else None
-    return Msg(h[H_CMD], h[H_REQ], h[H_CLOCK], keys, vals, h[H_ROWS], meta, h[H_GEN], None, src,
-               HEADER_BYTES + kb + vb + mb)
+    return Msg(h[H_CMD], h[H_REQ], h[H_CLOCK], keys, vals, h[H_ROWS], meta, h[H_GEN], None,
+               batch=h[H_BATCH], div=h[H_DIV], flags=h[H_FLAGS], src=src, nbytes=HEADER_BYTES + kb + vb + mb)
 
 
 def decode_buffers(bufs: list, src: int, cache: RecvCache | None = None) -> Msg:

@@ -1,36 +1,30 @@
-"""A server: one shard of the model in a store.SparseTable (rows only for keys seen, any
-64-bit key), the optimizer applied here, and the consistency rules of consistency.py.
+"""A server: the rows of the key ranges it holds (store.SparseTable, rows only for keys
+seen, any 64-bit key), the optimizer applied here, the clock rules of consistency.py.
 
-- push:  BSP holds the pushes of a clock until every live worker has sent its own (empty
-         pushes included), sums them in worker order (deterministic), divides by the
-         clock's total rows and applies one update per key: one big batch, as in
-         synchronous allreduce. SSP/ASP apply each push as it arrives (divided by its own
-         rows). Every push is acknowledged on receipt.
+For the ranges it is the *primary* of, a server takes the workers' pushes and pulls:
+- push:  each part names its batch; the ranges that absorbed that batch already drop
+         it (applied.AppliedLog: exactly-once). BSP holds a clock's pushes until every
+         live worker has sent its own (empty pushes included), sums them in worker order
+         and divides by the clock's rows from the plan (the push's `div`): one update,
+         as in synchronous allreduce. SSP/ASP apply each push as it arrives.
+         The update (the new rows, not the gradient) and the batches it absorbed are
+         then forwarded to the ranges' backups, and the pushes are acknowledged once
+         every live backup has acknowledged the forward: an acknowledged push is on
+         every live replica, and replicas are bit-identical in every consistency mode.
 - pull:  answered when the clock rule allows (else held and retried after each push),
-         with the rows for the keys; unseen keys read as their initial rows and are not
-         stored (memory grows with the keys trained, not with the keys asked about).
-- control from the coordinator: membership, checkpoint, dump (the whole shard), stop.
-Checkpoints are taken when progress reaches a multiple of backend.checkpoint_every, the
-same clock on every server without any message (exact in BSP).
+         with the rows for the keys; unseen keys read as their initial rows.
+For the ranges it backs up, it installs what the primary forwards (forward.py) and
+acknowledges it. Control from the coordinator: membership (failover, re-replication),
+checkpoint, dump, stop (server_ctrl.py).
 
-Failover (see coordinator.py for the whole story):
-- heartbeats to the coordinator every heartbeat_timeout_s / 4, so a hung server is found;
-- replication R: the table holds the keys this server owns *and* those it replicates
-  (workers push to every replica); pulls, dumps and checkpoint shards cover only the
-  keys it owns, so nothing is counted twice;
-- a push part id already applied from a worker is acknowledged and not applied again (a
-  retried push is idempotent); a push naming a batch already applied (backup instances:
-  two copies of one batch) ticks the clock but is not applied;
-- a new membership drops dead workers from the clocks (pushes they made before count),
-  and may make this server the owner of a dead server's ranges: with R >= 2 it already
-  holds them; with R = 1 it restores them from the checkpoint named in the message and
-  takes the re-sent (`handover`) pushes, which add to a clock without ticking it;
-- messages of a newer membership generation than this server knows wait for it.
+Checkpoints are consistent cuts: the shard of clock c holds exactly the pushes of clocks
+< c. BSP takes it between applying clock c - 1 and clock c; SSP/ASP hold back pushes of
+clocks >= c (the pulls that would need them wait too) until every live worker has
+pushed clock c - 1, take the shard, then apply what was held.
 """
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -39,11 +33,15 @@ from ...optim import make_optimizer
 from ...store import SparseTable, apply_gradient
 from . import checkpoint as ckpt
 from . import protocol as P
+from .applied import AppliedLog
 from .consistency import Clocks
+from .forward import Forwarder, Replica
 from .membership import Membership
+from .ranges import range_of
+from .server_ctrl import ServerControl
 
 
-class Server:
+class Server(ServerControl):
     def __init__(self, cfg, index: int, layout, van, rec, injector, start_clock: int = 0, restore: dict | None = None,
                  membership: Membership | None = None):
         self.cfg, self.index, self.layout, self.van, self.rec, self.injector = cfg, index, layout, van, rec, injector
@@ -51,64 +49,49 @@ class Server:
         self.model, self.opt = make_model(cfg.model), make_optimizer(cfg.optim)
         self.table = SparseTable(self.model, self.opt)
         self.membership = membership or Membership.initial(layout, bc)
+        self.primaries = {self.membership.gen: self.membership.primary_table}  # gen -> range -> primary
+        self.log = AppliedLog(self.membership.n_ranges)
         self.clocks = Clocks(str(bc.consistency), int(bc.staleness), self.membership.counted(), start_clock)
         self.bsp = self.clocks.mode == "bsp"
-        self.pending_clocks: dict[int, dict[int, P.Msg]] = {}   # BSP: clock -> worker -> push
+        self.pending_clocks: dict[int, dict[int, tuple]] = {}   # BSP: clock -> worker -> (push, ranges)
+        self.extra: dict[int, list] = {}                        # BSP: re-routed parts of pending clocks
+        self.pending_bids: set = set()                          # (batch, range) received, not yet applied
         self.held: list[tuple[P.Msg, float]] = []               # pulls waiting for the clock rule
         self.every = int(bc.get("checkpoint_every", 0) or 0)
-        self.ckpt_root = Path(rec.run_dir) / "checkpoints"
+        self.cut = (start_clock // self.every + 1) * self.every if self.every else None
+        self.held_pushes: list[tuple] = []                      # SSP/ASP: pushes after a pending cut
         self.last_progress = start_clock
         self.log_every = max(1, int(cfg.train.log_every))
         self.stopped = False
         self.updates = 0
-        self.hb_every = max(0.1, float(bc.get("heartbeat_timeout_s", 5)) / 4)
-        self.last_hb = 0.0
-        self.seen: dict[int, dict] = {}                         # worker -> recent push part ids applied
-        self.batches: set = set()                               # backup instances: batch ids applied
-        self.dup_pushes = 0
-        self.dup_batches = 0
-        self.handovers = 0
-        self.future: list[P.Msg] = []                           # requests of a newer generation
-        self.clock_rows: dict[int, int] = {}                    # BSP: rows behind each applied clock
-        self.extra: dict[int, list] = {}                        # BSP: handover parts of pending clocks
+        self.dup_parts = 0
+        self.reroutes = 0
+        self.future: list[P.Msg] = []                           # messages of a newer generation
+        self.seen: dict[tuple, None] = {}                       # (rank, part id) of recent pushes
+        self.unacked: set = set()                               # ... of those not acknowledged yet
+        self.forwarder = Forwarder(self)
+        self.replica = Replica(self)
         self.restored_keys = 0
         if restore is not None:
-            keys, W, S = ckpt.load_rows(restore, keep=self.holds)
-            if len(keys):
-                self.table.load(keys, W, S)
-            rec.event("restored", clock=start_clock, keys=int(len(keys)), manifest=restore["dir"])
+            self.restore_from(restore, self.membership.held_ranges(index), start_clock)
 
     # ------------------------------------------------------------ dispatch
 
-    def holds(self, keys: np.ndarray) -> np.ndarray:
-        """Keys this server keeps a copy of (owner or replica) under its membership."""
-        ring = self.membership.ring
-        if ring.replication <= 1:
-            return ring.route(keys) == self.index
-        return (ring.replicas(keys) == self.index).any(1)
-
-    def owned(self) -> tuple[np.ndarray, np.ndarray]:
-        """The keys this server owns (the rest are replicas), and their positions in table order."""
-        keys = self.table.keys()
-        if self.membership.ring.replication <= 1 or len(self.membership.servers) == 1:
-            return keys, np.arange(len(keys))
-        own = np.flatnonzero(self.membership.ring.route(keys) == self.index)
-        return keys[own], own
-
     def handle(self, m: P.Msg) -> None:
-        if m.cmd in (P.PUSH, P.PULL) and m.gen > self.membership.gen:
+        if m.cmd in (P.PUSH, P.PULL, P.FWD) and m.gen > self.membership.gen:
             self.future.append(m)  # sent under a membership this server has not received yet
             return
-        if m.cmd == P.PUSH:
-            self.on_push(m)
-        elif m.cmd == P.PULL:
-            self.on_pull(m)
-        elif m.cmd == P.CTRL:
-            self.on_ctrl(m)
-        elif m.cmd == P.PEER_FAILED:
-            self.rec.event("peer_failed", sync=True, peer=m.src, peer_role=self.layout.role_of(m.src)[0])
-            if m.src == 0:
-                raise SystemExit(f"server {self.index}: the coordinator (rank 0) died; the run cannot go on")
+        handler = {P.PUSH: self.on_push, P.PULL: self.on_pull, P.CTRL: self.on_ctrl, P.FWD: self.replica.on_forward,
+                   P.FWD_ACK: self.forwarder.on_ack, P.PEER_FAILED: self.on_peer_failed}.get(m.cmd)
+        if handler is None:
+            raise ValueError(f"server {self.index}: unexpected {P.CMD_NAMES.get(m.cmd, m.cmd)} from rank {m.src}")
+        handler(m)
+
+    def on_peer_failed(self, m: P.Msg) -> None:
+        self.rec.event("peer_failed", sync=True, peer=m.src, peer_role=self.layout.role_of(m.src)[0])
+        if m.src == 0:
+            raise SystemExit(f"server {self.index}: the coordinator (rank 0) died; the run cannot go on")
+        self.forwarder.peer_gone(m.src)
 
     def worker_of(self, m: P.Msg) -> int:
         role, i = self.layout.role_of(m.src)
@@ -116,104 +99,121 @@ class Server:
             raise ValueError(f"server {self.index}: a {role} (rank {m.src}) sent {P.CMD_NAMES[m.cmd]}")
         return i
 
-    # ------------------------------------------------------------ push
+    def covered(self, m: P.Msg) -> list[int]:
+        """The ranges a push part was meant for: this server's under the sender's generation
+        (a re-routed part names its own)."""
+        if m.flags & P.F_REROUTE:
+            return [int(r) for r in m.meta["ranges"]]
+        table = self.primaries.get(m.gen)
+        if table is None:
+            raise ValueError(f"server {self.index}: a push of generation {m.gen}, which this server never saw")
+        return np.flatnonzero(table == self.index).tolist()
 
-    def ack(self, m: P.Msg) -> None:
-        with self.rec.acct.timed("comm"):
-            self.van.send(m.src, P.Msg(P.PUSH_ACK, req=m.req, clock=m.clock, gen=self.membership.gen))
+    # ------------------------------------------------------------ push
 
     def on_push(self, m: P.Msg) -> None:
         w = self.worker_of(m)
         demoted = w in self.membership.demoted and w in self.membership.workers
         if w not in self.clocks.workers and not demoted:
             return  # fenced: a worker the coordinator dropped (its late messages are ignored)
-        seen = self.seen.setdefault(w, {})
-        if m.req in seen:
-            self.dup_pushes += 1  # a retried push: applied once already
-            self.ack(m)
+        if (m.src, m.req) in self.seen:  # a part re-sent after a timeout: it is here already
+            if (m.src, m.req) not in self.unacked:
+                self.forwarder.ack([m])
             return
-        seen[m.req] = True
-        if len(seen) > 4096:
-            del seen[next(iter(seen))]
-        meta = m.meta or {}
-        batch = meta.get("batch")
-        if batch is not None:
-            bid = tuple(batch)
-            if bid in self.batches:  # a backup copy of a batch another copy delivered first
-                self.dup_batches += 1
-                m = P.Msg(P.PUSH, req=m.req, clock=m.clock, rows=0, src=m.src, gen=m.gen, meta=m.meta)
+        self.seen[(m.src, m.req)] = None
+        if len(self.seen) > 1 << 16:
+            del self.seen[next(iter(self.seen))]
+        self.unacked.add((m.src, m.req))
+        ranges = self.covered(m)
+        if m.batch >= 0:
+            fresh = [r for r in self.log.fresh(m.batch, ranges) if (m.batch, r) not in self.pending_bids]
+            if len(fresh) < len(ranges):
+                self.dup_parts += 1
+            self.pending_bids.update((m.batch, r) for r in fresh)
+        else:
+            fresh = []  # an empty tick: no batch behind it
+        reroute = bool(m.flags & P.F_REROUTE)
+        self.reroutes += reroute
+        if not (reroute or demoted):
+            self.clocks.on_push(w, m.clock)  # a clock tick (a re-routed part or a demoted straggler's is none)
+        part = (m, fresh)
+        if self.bsp:
+            if reroute or demoted:
+                if m.clock >= self.clocks.applied:
+                    self.extra.setdefault(m.clock, []).append(part)
+                else:
+                    self.apply([part])
             else:
-                self.batches.add(bid)
-        if meta.get("handover") or demoted:
-            # (a demoted straggler's push: applied, its clock no longer counted)
-            if m.rows:
-                self.on_handover(m)
-            self.ack(m)
-            return
-        self.clocks.on_push(w, m.clock)
-        with self.rec.acct.timed("compute"):
-            if self.bsp:
-                self.pending_clocks.setdefault(m.clock, {})[w] = m
-                self.apply_complete_clocks()
-            elif m.keys is not None and len(m.keys) and m.rows > 0:
-                apply_gradient(self.table, m.keys, m.vals / m.rows)
-                self.updates += len(m.keys)
-        self.ack(m)
+                self.pending_clocks.setdefault(m.clock, {})[w] = part
+            self.apply_complete_clocks()
+        elif self.cut is not None and m.clock >= self.cut:
+            self.held_pushes.append(part)  # after the pending cut: applied once it is taken
+        else:
+            self.apply([part])
         self.after_progress()
 
-    def on_handover(self, m: P.Msg) -> None:
-        """R = 1 failover: the part of a worker's clock-c push that went to a dead server,
-        re-sent here (its new owner). It adds to clock c without ticking it."""
-        self.handovers += 1
-        if m.keys is None or not len(m.keys):
-            return
+    def apply(self, parts: list[tuple], clock: int | None = None) -> None:
+        """One update from push parts [(msg, fresh ranges)]: the gradient rows of the fresh
+        ranges, each part divided by its div (parts that share one are summed first, so a
+        fault-free BSP clock is exactly sum / rows), then forwarded to the backups; the
+        pushes are acknowledged once the backups hold it."""
+        by_div: dict[int, list] = {}
+        for m, fresh in parts:
+            if not fresh or m.keys is None or not len(m.keys) or m.div <= 0:
+                continue
+            keys, vals = m.keys, m.vals
+            if len(fresh) < len(self.covered(m)):
+                keep = np.isin(range_of(keys, self.membership.n_ranges), fresh)
+                keys, vals = keys[keep], vals[keep]
+            if len(keys):
+                by_div.setdefault(m.div, []).append((keys, vals))
+        touched = []
         with self.rec.acct.timed("compute"):
-            if self.bsp and m.clock >= self.clocks.applied:
-                self.extra.setdefault(m.clock, []).append(m)
-                self.apply_complete_clocks()
-            else:
-                rows = self.clock_rows.get(m.clock, m.rows) if self.bsp else m.rows
-                if rows > 0:
-                    apply_gradient(self.table, m.keys, m.vals / rows)
-                    self.updates += len(m.keys)
+            for div, kv in sorted(by_div.items()):
+                keys, g = _sum_rows(kv)
+                apply_gradient(self.table, keys, g / div)
+                self.updates += len(keys)
+                touched.append(keys)
+        entries = []
+        for m, fresh in parts:
+            if m.batch >= 0 and fresh:
+                self.log.record(m.batch, m.rows, fresh)
+                self.pending_bids.difference_update((m.batch, r) for r in fresh)
+                entries.append((m.batch, m.rows, fresh))
+        keys = np.unique(np.concatenate(touched)) if len(touched) > 1 else (touched[0] if touched else None)
+        self.forwarder.forward(keys, entries, [m for m, _ in parts], clock)
 
     def apply_complete_clocks(self) -> None:
-        """BSP: apply every clock whose pushes are all in, in clock order."""
+        """BSP: apply every clock whose pushes are all in, in clock order (a checkpoint due
+        at clock c is taken once clock c - 1 is applied, before clock c can be)."""
         while True:
             c = self.clocks.applied
             got = self.pending_clocks.get(c)
             if got is None or not self.clocks.workers <= set(got):
                 return
             del self.pending_clocks[c]
-            parts = [got[w] for w in sorted(got) if got[w].keys is not None and len(got[w].keys) and got[w].rows]
-            rows = sum(got[w].rows for w in got)
-            parts += [x for x in self.extra.pop(c, []) if x.keys is not None and len(x.keys)]
-            self.clock_rows[c] = rows
-            self.clock_rows.pop(c - 64, None)
-            if parts and rows > 0:
-                if len(parts) == 1:
-                    keys, g = parts[0].keys, parts[0].vals
-                else:
-                    keys, inv = np.unique(np.concatenate([p.keys for p in parts]), return_inverse=True)
-                    g = np.zeros((len(keys), parts[0].vals.shape[1]), np.float32)
-                    o = 0
-                    for p in parts:  # keys are distinct within a push: fancy += is safe
-                        g[inv[o:o + len(p.keys)]] += p.vals
-                        o += len(p.keys)
-                apply_gradient(self.table, keys, g / rows)
-                self.updates += len(keys)
+            self.apply([got[w] for w in sorted(got)] + self.extra.pop(c, []), clock=c)
             self.clocks.applied = c + 1
+            if self.cut is not None and c + 1 >= self.cut:
+                self.checkpoint(c + 1)
 
     def after_progress(self) -> None:
-        """Held pulls that may now go, and the per-clock duties (faults, checkpoints, logs)."""
+        """Held pulls that may now go, the SSP/ASP cut, and the per-clock duties (faults, logs)."""
+        while not self.bsp and self.cut is not None and self.clocks.min_clock() >= self.cut:
+            self.checkpoint(self.cut)  # every live worker has pushed the clocks before the cut
+            held, self.held_pushes = self.held_pushes, []
+            for part in held:
+                if part[0].clock >= self.cut:
+                    self.held_pushes.append(part)
+                else:
+                    self.apply([part])
+        self.clocks.cap = self.cut if not self.bsp else None
         self.serve_held()
         p = self.clocks.progress()
         while self.last_progress < p:
             self.last_progress += 1
             c = self.last_progress
             self.injector.on_step(c)
-            if self.every and c % self.every == 0:
-                self.checkpoint(c)
             if c % self.log_every == 0:
                 self.rec.metric("step", step=c, keys=len(self.table), updates=self.updates,
                                 **self.rec.acct.snapshot())
@@ -251,80 +251,26 @@ class Server:
             self.van.send(m.src, P.Msg(P.PULL_REPLY, req=m.req, clock=m.clock, vals=rows, gen=self.membership.gen),
                           compress=m.clock >= 0)
 
-    # ------------------------------------------------------------ control
-
-    def on_ctrl(self, m: P.Msg) -> None:
-        op = (m.meta or {}).get("op")
-        if op == "membership":
-            old = self.membership
-            self.membership = Membership.from_meta(m.meta["membership"])
-            fo = m.meta.get("failover")
-            if fo and fo.get("mode") == "checkpoint":
-                self.restore_ranges(old, fo)
-            # Dropped workers stop counting: no clock waits for them again. Pushes they
-            # made before they were dropped stay in their clocks (real work, done once).
-            self.clocks.set_workers(self.membership.counted())
-            if self.bsp:
-                self.apply_complete_clocks()
-            self.after_progress()
-            future, self.future = self.future, []
-            for f in future:
-                self.handle(f)
-        elif op == "hb":
-            pass
-        elif op == "abort":
-            raise SystemExit(f"server {self.index}: the coordinator ended the run: {m.meta.get('reason')}")
-        elif op == "checkpoint":
-            self.checkpoint(int(m.meta["clock"]))
-        elif op == "dump":
-            keys, own = self.owned()
-            self.van.send(m.src, P.Msg(P.DATA, req=m.req, keys=keys, vals=self.table.W[own],
-                                       meta={"op": "dump", "server": self.index}), kind="dump", compress=False)
-        elif op == "stop":
-            self.stop(m.src)
-        else:
-            raise ValueError(f"server {self.index}: unknown control message {m.meta}")
+    # ------------------------------------------------------------ checkpoints
 
     def checkpoint(self, clock: int) -> None:
-        keys, own = self.owned()  # the keys this server owns: every key is in exactly one shard
-        n = len(own)
+        """This server's shard of the cut at `clock`: the ranges it is primary of, with
+        their rows and their applied-batch records."""
+        ranges = self.membership.primary_ranges(self.index)
+        keys, pos = self.rows_of(ranges)
         with self.rec.acct.timed("checkpoint"):
-            path = ckpt.write_shard(self.ckpt_root, clock, self.index, keys, self.table.W[own],
-                                    self.table.S[own])
+            path = ckpt.write_shard(self.ckpt_root, clock, self.index, keys, self.table.W[pos], self.table.S[pos],
+                                    self.log.export(ranges))
+        self.cut = clock + self.every
         self.van.send(0, P.Msg(P.CTRL, clock=clock, meta={"op": "ckpt_done", "clock": clock, "server": self.index,
-                                                         "shard": path.name, "keys": n, "updates": self.updates,
-                                                         "gen": self.membership.gen}))
+                                                         "shard": path.name, "keys": int(len(keys)),
+                                                         "ranges": ranges}))
 
-    def restore_ranges(self, old: Membership, fo: dict) -> None:
-        """R = 1 failover: the keys the dead server owned that this server now holds come
-        back from its shard of the last checkpoint (or start afresh if there was none)."""
-        dead = int(fo["server"])
-        n = 0
-        if fo.get("manifest"):
-            info = ckpt.read_manifest(fo["manifest"])
-            info["shards"] = [sh for sh in info["shards"] if sh == f"server-{dead}.npz"]
-            keys, W, S = ckpt.load_rows(info, keep=lambda k: (old.ring.route(k) == dead) & self.holds(k))
-            if keys is not None and len(keys):
-                self.table.load(keys, W, S)
-                n = len(keys)
-        self.restored_keys += n
-        self.rec.event("restored_ranges", sync=True, dead_server=dead, keys=n, clock=fo.get("clock"),
-                       manifest=fo.get("manifest"))
-
-    def stop(self, src: int) -> None:
-        recs = self.clocks.records()
-        d = Path(self.rec.run_dir) / "ps"
-        d.mkdir(exist_ok=True)
-        tmp = d / f".pulls-server-{self.index}.tmp.npz"
-        np.savez(tmp, **recs)
-        tmp.replace(d / f"pulls-server-{self.index}.npz")
-        info = {"op": "final", "role": "server", "index": self.index, "acct": self.rec.acct.snapshot(),
-                "compression": self.van.compression(), "keys": len(self.table), "table_bytes": self.table.nbytes,
-                "updates": self.updates, "held_pulls": len(self.held), "dup_pushes": self.dup_pushes,
-                "dup_batches": self.dup_batches, "handovers": self.handovers, "restored_keys": self.restored_keys,
-                **self.clocks.stats()}
-        self.van.send(src, P.Msg(P.CTRL, meta=info))
-        self.stopped = True
+    def rows_of(self, ranges) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, table positions) of the keys this server holds in `ranges`."""
+        keys = self.table.keys()
+        pos = np.flatnonzero(np.isin(range_of(keys, self.membership.n_ranges), list(ranges)))
+        return keys[pos], pos
 
     # ------------------------------------------------------------ loop
 
@@ -334,11 +280,8 @@ class Server:
         last = time.time()
         while not self.stopped:
             with self.rec.acct.timed("idle"):
-                msgs = self.van.recv(min(0.5, self.hb_every))
+                msgs = self.van.recv(0.5)
             now = time.time()
-            if now - self.last_hb >= self.hb_every:
-                self.last_hb = now
-                self.van.send(0, P.Msg(P.CTRL, meta={"op": "hb", "updates": self.updates}))
             if msgs:
                 last = now
             for m in msgs:
@@ -348,3 +291,16 @@ class Server:
             if now > deadline:
                 raise TimeoutError(f"server {self.index}: run.deadline_s passed")
         self.van.flush(5.0)
+
+
+def _sum_rows(kv: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, summed rows) of several (distinct keys, rows) parts, in part order."""
+    if len(kv) == 1:
+        return kv[0]
+    keys, inv = np.unique(np.concatenate([k for k, _ in kv]), return_inverse=True)
+    g = np.zeros((len(keys), kv[0][1].shape[1]), np.float32)
+    o = 0
+    for k, v in kv:  # keys are distinct within a part: fancy += is safe
+        g[inv[o:o + len(k)]] += v
+        o += len(k)
+    return keys, g

@@ -1,35 +1,39 @@
-"""A worker: takes an epoch's blocks from the coordinator and runs its clocks.
+"""A worker: runs the batches the coordinator gives it, one per clock.
 
-Per clock: the next lane_batch rows of its stream; pull the rows of the batch's unique
-keys (answered when the consistency rule allows); the shared model code computes the
-summed gradient; push it with the number of rows behind it. A worker whose stream ran
-dry still pushes (empty) until the epoch's last clock: BSP's servers count on one push
-per worker per clock, and SSP's on every live worker's clock moving.
+Per clock: the next batch of its queue (ledger.Plan: fixed ids, rows and divisor, built
+here from the same config as on the coordinator, so an assignment is a list of ids);
+pull the rows of the batch's unique keys (answered when the consistency rule allows);
+the shared model code computes the summed gradient; push it, with the batch id, to every
+live server. A worker whose queue ran dry still pushes (empty) until the epoch's last
+clock: BSP's servers count on one push per worker per clock, and SSP's on every live
+worker's clock moving.
 
-Failover (the coordinator decides, the worker follows):
-- progress after every clock, and heartbeats whenever it has said nothing to the
-  coordinator for heartbeat_timeout_s / 4 (also while it waits), so a hung worker is
-  found by its silence;
-- `membership`: a new ring or worker set; outstanding requests at servers that left are
-  re-routed (client.set_membership); acknowledged pushes to a server whose ranges came
-  back from a checkpoint (R = 1) are counted as lost_updates;
-- `extend`: more rows for this epoch (a dead worker's unfinished rows, or a straggler's
-  as a backup copy) and a later end clock, also after this worker said `done`;
-- `cancel`: drop the rest of a backup task (the other copy finished first);
-- `fenced`: the coordinator declared this worker dead (it was too slow to answer): it
-  stops at once, and servers ignore what it still sends.
+Reports (after every clock, to the coordinator): its clock, how many batches it has
+taken, and the batches whose pushes every server acknowledged since the last report;
+"done" is only what the servers acknowledged. Its heartbeat comes from a thread of its
+own (detector.Heartbeat), so a long step is not mistaken for a hang.
+
+Orders from the coordinator:
+- `membership`: a new worker set or replica map; outstanding requests at servers that
+  left are re-routed (client.set_membership);
+- `extend`: more batches for this epoch (a dead worker's, or a straggler's as a backup
+  copy, under their own ids) and a later end clock, also after this worker said `done`;
+- `cancel`: drop what is left of a backup task (the other copy finished first);
+- `fenced`: the coordinator declared this worker dead (it was silent too long): it stops
+  at once, and servers ignore what it still sends.
 """
 from __future__ import annotations
 
 import time
-from collections import defaultdict, deque
+from collections import deque
 
 import numpy as np
 
-from ...data import Rows
+from ...schedule import read_segments
 from ...store import KeyIndex
 from . import protocol as P
 from .client import KVClient
+from .ledger import Plan
 from .membership import Membership
 
 
@@ -37,54 +41,16 @@ class Fenced(Exception):
     pass
 
 
-class Stream:
-    """Rows over a list of segments (block, first row, end row): a lane of whole blocks,
-    plus pieces of other lanes handed over later."""
-
-    def __init__(self, data, segments=()):
-        self.data = data
-        self.segs: deque = deque([int(b), int(a), int(e)] for b, a, e in segments)
-
-    @staticmethod
-    def of_blocks(data, blocks) -> list:
-        return [[int(b), 0, data.block_len(int(b))] for b in blocks]
-
-    def add(self, segments) -> None:
-        self.segs.extend([int(b), int(a), int(e)] for b, a, e in segments)
-
-    def clear(self) -> None:
-        self.segs.clear()
-
-    def rows_left(self) -> int:
-        return sum(e - a for _, a, e in self.segs)
-
-    def next(self, n: int, take_rows: bool = True) -> Rows | int:
-        parts, got = [], 0
-        while n > 0 and self.segs:
-            seg = self.segs[0]
-            take = min(n, seg[2] - seg[1])
-            if take_rows:
-                parts.append(self.data.block(seg[0]).slice(seg[1], seg[1] + take))
-            seg[1] += take
-            n -= take
-            got += take
-            if seg[1] >= seg[2]:
-                self.segs.popleft()
-        return Rows.concat(parts) if take_rows else got
-
-
 class Worker:
     def __init__(self, cfg, index: int, layout, setup, van, rec, injector, membership: Membership | None = None):
         self.cfg, self.index, self.layout, self.s, self.van, self.rec = cfg, index, layout, setup, van, rec
         self.injector = injector
         bc = cfg.backend
+        self.plan = Plan(setup, layout.workers, int(cfg.train.epochs), str(bc.consistency) == "bsp")
         self.membership = membership or Membership.initial(layout, bc)
         self.client = KVClient(van, layout, self.membership, setup.model.dim, float(bc.request_timeout_s))
         self.client.on_pump = self.control
-        self.client.on_ack = self.on_ack
         self.idle_timeout = float(bc.idle_timeout_s)
-        self.hb_every = max(0.1, float(bc.get("heartbeat_timeout_s", 5)) / 4)
-        self.backups = bool(bc.get("backup_workers", False))
         self.max_inflight = max(1, int(bc.get("max_inflight_pushes", 2)))
         self.kkt = bool(bc.compression.kkt_filter)
         if self.kkt and not hasattr(setup.opt, "kkt_zero"):
@@ -97,26 +63,18 @@ class Worker:
         self.t_busy = 0.0
         self.stopped = False
         self.orders: deque = deque()
-        self.last_sent = time.time()
         # epoch state
-        self.epoch, self.end, self.b = None, 0, 1
-        self.stream: Stream | None = None
-        self.consumed = 0                                   # rows taken from the stream this epoch
-        self.tag_owner, self.tag_base = index, 0            # batch ids (backup instances)
-        self.pushes: list[int] = []
+        self.epoch, self.end = None, 0
+        self.queue: deque = deque()                         # (batch id, task) to run this epoch
+        self.taken = 0
+        self.pushes: list[tuple[int, int]] = []             # (request, batch id) not yet acknowledged
+        self.newly_acked: list[int] = []
         self.loss_sum = 0.0
-        # failover accounting
-        self.acked: dict[int, dict[int, int]] = defaultdict(lambda: defaultdict(int))  # server -> clock -> keys
-        self.lost_updates = 0
 
     # ------------------------------------------------------------ control
 
     def to_coordinator(self, msg: P.Msg) -> None:
         self.van.send(0, msg)
-        self.last_sent = time.time()
-
-    def on_ack(self, server: int, clock: int, nkeys: int) -> None:
-        self.acked[server][clock] += nkeys
 
     def control(self) -> None:
         """Act on control messages (called after every receive, also inside waits)."""
@@ -132,49 +90,42 @@ class Worker:
             if m.src != 0:
                 continue  # only the coordinator gives orders
             op = (m.meta or {}).get("op")
-            if op == "membership":
-                self.on_membership(m.meta)
-            elif op == "extend":
-                self.on_extend(m.meta)
-            elif op == "cancel":
-                if int(m.meta["owner"]) in (self.tag_owner, self.index) and m.meta.get("epoch") == self.epoch:
-                    dropped = self.stream.rows_left() if self.stream is not None else 0
-                    if self.stream is not None:
-                        self.stream.clear()
-                    self.rec.event("backup_cancelled", owner=int(m.meta["owner"]), rows_dropped=dropped)
-            elif op == "abort":
-                raise SystemExit(f"worker {self.index}: the coordinator ended the run: {m.meta.get('reason')}")
-            elif op == "fenced":
-                raise Fenced(m.meta.get("reason", "declared dead by the coordinator"))
-            elif op == "hb":
-                pass
+            handler = {"membership": self.on_membership, "extend": self.on_extend, "cancel": self.on_cancel,
+                       "abort": self.on_abort, "fenced": self.on_fenced}.get(op)
+            if handler is not None:
+                handler(m.meta)
             else:
-                self.orders.append(m)
-        if time.time() - self.last_sent >= self.hb_every:
-            self.to_coordinator(P.Msg(P.CTRL, clock=self.clock, meta={"op": "hb", "consumed": self.consumed}))
+                self.orders.append(m)  # assign / stop: the run loop's
+
+    def on_abort(self, meta: dict) -> None:
+        raise SystemExit(f"worker {self.index}: the coordinator ended the run: {meta.get('reason')}")
+
+    def on_fenced(self, meta: dict) -> None:
+        raise Fenced(meta.get("reason", "declared dead by the coordinator"))
 
     def on_membership(self, meta: dict) -> None:
         new = Membership.from_meta(meta["membership"])
-        if new.gen <= self.membership.gen:
-            return
-        fo = meta.get("failover")
-        if fo and fo.get("mode") == "checkpoint":
-            # R = 1: what the dead server acknowledged at clocks >= the checkpoint is gone.
-            dead, c0 = int(fo["server"]), int(fo.get("clock") or 0)
-            lost = sum(n for c, n in self.acked.get(dead, {}).items() if c >= c0)
-            self.lost_updates += lost
-        self.membership = new
-        self.client.set_membership(new, fo)
+        if new.gen > self.membership.gen:
+            self.membership = new
+            self.client.set_membership(new)
 
     def on_extend(self, a: dict) -> None:
-        if a.get("epoch") != self.epoch or self.stream is None:
+        if a.get("epoch") != self.epoch:
             return
-        segs = a.get("segments") or []
-        if segs and a.get("owner") is not None and self.stream.rows_left() == 0:
-            # a backup copy: batch ids follow the straggler's stream, so both copies' batches match
-            self.tag_owner, self.tag_base = int(a["owner"]), int(a["pos"]) - self.consumed
-        self.stream.add(segs)
+        bids = [int(b) for b in a.get("batches") or []]
+        if bids:
+            self.injector.point("handover", self.clock)
+        task = int(a["copy_of"]) if a.get("copy_of") is not None else self.index
+        self.queue.extend((b, task) for b in bids)
         self.end = max(self.end, int(a["end"]))
+
+    def on_cancel(self, a: dict) -> None:
+        if a.get("epoch") != self.epoch:
+            return
+        owner = int(a["owner"])
+        before = len(self.queue)
+        self.queue = deque(x for x in self.queue if x[1] != owner)
+        self.rec.event("backup_cancelled", owner=owner, batches_dropped=before - len(self.queue))
 
     def next_order(self, deadline: float) -> P.Msg | None:
         """The coordinator's next instruction (assign / stop), waiting at most idle_timeout;
@@ -184,7 +135,7 @@ class Worker:
             self.control()
             if self.orders:
                 return self.orders.popleft()
-            if self.stream is not None and self.clock < self.end:
+            if self.epoch is not None and self.clock < self.end:
                 return None
             now = time.time()
             if now > limit or now > deadline:
@@ -217,31 +168,41 @@ class Worker:
 
     def start_epoch(self, a: dict) -> None:
         self.epoch = int(a["epoch"])
-        self.b = int(a["lane_batch"])
-        self.stream = Stream(self.s.data, a.get("segments") or Stream.of_blocks(self.s.data, a["blocks"]))
-        self.consumed = 0
-        self.tag_owner, self.tag_base = self.index, 0
-        skip = (int(a["begin"]) - int(a["clock_start"])) * self.b  # resuming mid-epoch: skip what is done
-        if skip:
-            self.consumed += self.stream.next(skip, take_rows=False)
+        self.queue = deque((int(b), self.index) for b in a["batches"])
+        self.taken = 0
         self.clock = int(a["begin"])
         self.end = int(a["end"])
         self.pushes = []
         self.loss_sum = 0.0
 
+    def settle(self, keep: int) -> None:
+        """Wait until at most `keep` pushes are unacknowledged; note the batches done."""
+        while self.pushes and (len(self.pushes) > keep or self.client.done(self.pushes[0][0])):
+            ts, bid = self.pushes.pop(0)
+            self.client.wait(ts)
+            if bid >= 0:
+                self.newly_acked.append(bid)
+
+    def report(self, op: str, **extra) -> None:
+        meta = {"op": op, "taken": self.taken, "acked": self.newly_acked, "epoch": self.epoch, **extra}
+        self.newly_acked = []
+        self.to_coordinator(P.Msg(P.CTRL, clock=self.clock, meta=meta))
+
     def train(self, deadline: float) -> None:
-        s, client, b = self.s, self.client, self.b
+        s, client = self.s, self.client
         t_epoch = time.perf_counter()
         while self.clock < self.end:
             clock = self.clock
             t0 = time.perf_counter()
-            pos = self.consumed
-            rows = self.stream.next(b)
-            self.consumed += len(rows)
-            meta = None
-            if self.backups and len(rows):
-                meta = {"batch": [self.tag_owner, self.epoch, (self.tag_base + pos) // b]}
-            if len(rows):
+            bid = -1
+            if self.queue:
+                bid, _ = self.queue.popleft()
+                self.taken += 1
+            batch = self.plan.batches.get(bid)
+            loss, n = 0.0, 0
+            if batch is not None:
+                rows = read_segments(s.data, batch["segs"])
+                n = len(rows)
                 pulled = {}
 
                 def fetch(keys, clock=clock):
@@ -252,41 +213,36 @@ class Worker:
                 sec = self.rec.acct.seconds
                 waited, t1 = sec["wait"], time.perf_counter()
                 keys, loss, grad = s.gradient(rows, fetch)  # the shared model code; fetch pulls
-                keep = self.kkt_keep(keys, pulled["w"], grad, len(rows)) if self.kkt else None
+                keep = self.kkt_keep(keys, pulled["w"], grad, n) if self.kkt else None
                 sec["compute"] += time.perf_counter() - t1 - (sec["wait"] - waited)  # the pull is not compute
                 self.loss_sum += loss
-                with self.rec.acct.timed("comm"):
-                    self.pushes.append(client.push(keys, grad, len(rows), clock, keep, meta=meta))
             else:
-                loss = 0.0
-                with self.rec.acct.timed("comm"):
-                    self.pushes.append(client.push(np.zeros(0, np.uint64), None, 0, clock))
+                keys, grad, keep = np.zeros(0, np.uint64), None, None
+            self.injector.point("before_push", clock)
+            with self.rec.acct.timed("comm"):
+                ts = client.push(keys, grad, n, clock, keep, batch=bid, div=batch["div"] if batch else 0,
+                                 between=lambda c=clock: self.injector.point("mid_push", c))
+            self.pushes.append((ts, bid))
+            self.injector.point("after_push", clock)
             with self.rec.acct.timed("wait"):
-                while len(self.pushes) > self.max_inflight:  # bound the pushes in flight
-                    client.wait(self.pushes.pop(0))
+                self.settle(self.max_inflight)  # bound the pushes in flight
             dt = time.perf_counter() - t0
             self.step_times.append(dt)
             self.clock = clock + 1
-            self.examples += len(rows)
+            self.examples += n
             self.injector.on_step(self.clock)
             self.injector.slow_down(dt)
-            pm = {"op": "progress", "consumed": self.consumed}
-            if len(rows):
-                pm.update(loss=loss, rows=len(rows))
-            self.to_coordinator(P.Msg(P.CTRL, clock=self.clock, rows=len(rows), meta=pm))
+            self.report("progress", **({"loss": loss, "rows": n} if n else {}))
             if self.clock % self.log_every == 0:
                 self.rec.metric("step", step=self.clock, epoch=self.epoch, examples=self.examples,
-                                loss=loss / max(1, len(rows)), **self.rec.acct.snapshot())
+                                loss=loss / max(1, n), **self.rec.acct.snapshot())
             if time.time() > deadline:
                 raise TimeoutError(f"worker {self.index}: run.deadline_s passed")
             self.control()
         with self.rec.acct.timed("wait"):
-            while self.pushes:  # every push acknowledged before saying done
-                client.wait(self.pushes.pop(0))
+            self.settle(0)  # every push acknowledged before saying done
         self.t_busy += time.perf_counter() - t_epoch
-        self.to_coordinator(P.Msg(P.CTRL, clock=self.clock, meta={
-            "op": "done", "epoch": self.epoch, "clock": self.clock, "end": self.end, "examples": self.examples,
-            "loss_sum": self.loss_sum, "consumed": self.consumed}))
+        self.report("done", end=self.end, examples=self.examples, loss_sum=self.loss_sum)
 
     def kkt_keep(self, keys: np.ndarray, w: np.ndarray, grad: np.ndarray, rows: int) -> np.ndarray:
         """Rows worth pushing (OSDI'14's KKT filter): not those whose weights are 0 and whose
@@ -315,6 +271,7 @@ class Worker:
                 "step_time_s": float(np.median(self.step_times)) if self.step_times else None,
                 "wait_fraction": sec.get("wait", 0.0) / busy, "busy_s": self.t_busy,
                 "idle_s": sec.get("idle", 0.0), "kkt_kept": self.kkt_kept, "kkt_total": self.kkt_total,
-                "lost_updates": self.lost_updates, "resent": self.client.resent, "rerouted": self.client.rerouted}
+                "acked": {str(b): sorted(r) for b, r in self.client.acked.items()},
+                "resent": self.client.resent, "rerouted": self.client.rerouted}
         self.van.send(src, P.Msg(P.CTRL, meta=info))
         self.stopped = True
