@@ -6,13 +6,18 @@
   (b) full pull and push round trips from one client through routing, two servers and
       their SparseTable stores, in keys/s, with a breakdown of where the time goes;
   (c) end-to-end examples/s of backend=ps with W = 1, 2, 4 workers next to
-      backend=allreduce with the same number of workers, on the same data.
+      backend=allreduce with the same number of workers, on the same data;
+  (r) the cost of exactly-once and replication: (b)'s push round trips with R = 1 and
+      R = 2 (each server the other's backup: apply, forward, wait for the backup's
+      acknowledgement), their ratio (target: R = 2 at most 1.5x R = 1), and the
+      re-replication rate in keys/s measured in a training run whose server is killed.
 
 Run it from the project root (about 3 minutes on 2 cores):
 
     .venv/bin/python experiments/bench_ps.py
     .venv/bin/python experiments/bench_ps.py --parts ab --reps 30      # only the MPI micro-benchmarks
     .venv/bin/python experiments/bench_ps.py --parts c --e2e-repeats 3 --data synthetic
+    .venv/bin/python experiments/bench_ps.py --parts r                 # replication's cost
 
 Every figure is a median over repeats, and every ratio is against a baseline measured in
 the same run. Results also go to results/bench_ps/bench.json. (a) and (b) run this file
@@ -141,11 +146,17 @@ class _BenchServer:
             def on_step(self, step):
                 pass
 
+            def point(self, name, step):
+                pass
+
         return S(cfg, index, layout, van, rec, NoFaults())
 
 
-def part_kv(reps: int) -> dict | None:
-    """(b): rank 0 idle (the coordinator's seat), ranks 1-2 servers, rank 3 the client."""
+def part_kv(reps: int, replication: int = 1) -> dict | None:
+    """(b): rank 0 idle (the coordinator's seat), ranks 1-2 servers, rank 3 the client.
+    With replication=2 each server is the other's backup: every push is applied by its
+    range's primary, forwarded to the backup and acknowledged once the backup holds it,
+    and each push carries a batch id that the ranges record (exactly-once)."""
     from mpi4py import MPI
 
     from pslab.backends.ps import protocol as P
@@ -158,7 +169,7 @@ def part_kv(reps: int) -> dict | None:
     comm.Set_errhandler(MPI.ERRORS_RETURN)
     rank = comm.Get_rank()
     cfg = load_config(["backend=ps", "backend.servers=2", "backend.consistency=asp", "model=lr",
-                       "data.hash_bits=null"])
+                       "data.hash_bits=null", f"backend.replication={replication}"])
     layout = Layout(comm.Get_size(), 2)
     tmp = tempfile.mkdtemp(prefix="bench_ps_")
     van = Van(comm, _Rec(tmp))
@@ -187,7 +198,7 @@ def part_kv(reps: int) -> dict | None:
         keys = np.unique(rng.integers(0, 2**63, n, dtype=np.uint64))
         rng.shuffle(keys)
         g = rng.standard_normal((len(keys), 1)).astype(np.float32)
-        client.wait(client.push(keys, g, 1, clock))  # first touch inserts the keys
+        client.wait(client.push(keys, g, 1, clock, batch=clock, div=1))  # first touch inserts the keys
         clock += 1
         server_seconds()
         reps_n = reps if n < 1_000_000 else max(5, reps // 3)
@@ -201,7 +212,7 @@ def part_kv(reps: int) -> dict | None:
             t2 = time.perf_counter()
             client.wait(ts)
             t3 = time.perf_counter()
-            ts = client.push(fresh, g, 1, clock)
+            ts = client.push(fresh, g, 1, clock, batch=clock, div=1)
             t4 = time.perf_counter()
             client.wait(ts)
             t5 = time.perf_counter()
@@ -229,7 +240,7 @@ def part_kv(reps: int) -> dict | None:
 
 
 def mpi_main(part: str, reps: int, out_path: str) -> None:
-    res = part_messages(reps) if part == "a" else part_kv(reps)
+    res = part_messages(reps) if part == "a" else part_kv(reps, 2 if part == "b2" else 1)
     if res is not None:
         Path(out_path).write_text(json.dumps(res))
 
@@ -294,13 +305,30 @@ def part_e2e(data: list[str], repeats: int) -> dict:
     return out
 
 
+def part_replication(reps: int) -> dict:
+    r1, r2 = run_mpi("b", 4, reps), run_mpi("b2", 4, reps)
+    out = {"push": {n: {"r1_push_s": r1[n]["push_s"], "r2_push_s": r2[n]["push_s"],
+                        "r2_over_r1": r2[n]["push_s"] / r1[n]["push_s"]} for n in r1}}
+    # Re-replication while training goes on: 3 servers, R = 2, server 0 killed at 40%.
+    run = launch(7, ["backend=ps", "backend.servers=3", "backend.replication=2", "data=synthetic",
+                     "data.rows=60000", "data.test_rows=5000", "train.batch_size=1024", "faults=kill_one_server",
+                     "faults.events.0.target.index=0", "faults.events.0.at.progress=0.4"])
+    rr = run.get("rereplications") or []
+    keys, secs = sum(x["keys"] for x in rr), sum(x["time_s"] for x in rr)
+    out["rereplication"] = {"status": run.get("status"), "snapshots": len(rr), "keys": keys,
+                            "bytes": sum(x["bytes"] for x in rr), "seconds": secs,
+                            "keys_per_s": keys / secs if secs else None, "rows_applied": run.get("rows_applied"),
+                            "rows_planned": run.get("rows_planned"), "lost_updates": run.get("lost_updates")}
+    return out
+
+
 def fmt_s(s: float) -> str:
     return f"{s * 1e6:8.1f} us" if s < 1e-3 else f"{s * 1e3:8.2f} ms"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--parts", default="abc")
+    ap.add_argument("--parts", default="abcr")
     ap.add_argument("--reps", type=int, default=15, help="repeats (batches in (a)) per size in (a) and (b)")
     ap.add_argument("--e2e-repeats", type=int, default=1)
     ap.add_argument("--data", default="criteo", choices=["criteo", "synthetic"])
@@ -347,6 +375,17 @@ def main() -> None:
                     parts.append(f"{name}: {r.get('status')} ({r.get('reason')})")
             ratio = f"  ps/allreduce {row['ps_over_allreduce']:.2f}" if "ps_over_allreduce" in row else ""
             print(f"  W={w}: " + "; ".join(parts) + ratio)
+    if "r" in args.parts:
+        r = results["replication"] = part_replication(args.reps)
+        print("\n(r) push round trip, 1 client -> 2 servers: R = 1 vs R = 2 (forward + backup ack), median")
+        for n, x in r["push"].items():
+            print(f"{n:>9} keys: R=1 {fmt_s(x['r1_push_s'])}  R=2 {fmt_s(x['r2_push_s'])}  R2/R1 {x['r2_over_r1']:.2f}")
+        print(f"    target: R2/R1 <= 1.5 (at 10k keys: {r['push'][10_000]['r2_over_r1']:.2f})")
+        x = r["rereplication"]
+        rate = f"{x['keys_per_s'] / 1e6:.2f} M keys/s" if x["keys_per_s"] else "n/a"
+        print(f"    re-replication during training ({x['status']}): {x['snapshots']} snapshots, {x['keys']} keys, "
+              f"{x['bytes'] / 1e6:.1f} MB in {x['seconds']:.3f} s = {rate}; rows applied {x['rows_applied']} "
+              f"of {x['rows_planned']}, lost {x['lost_updates']}")
     out = ROOT / "results" / "bench_ps"
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps({"time": time.time(), "argv": sys.argv[1:], **results}, indent=1,

@@ -594,6 +594,11 @@ class Trainer:
         ex = self.exchange
         out = {
             "steps": self.step, "examples": self.examples, "train_s": train_s,
+            # every completed step applied the rows its collective summed (elastic: also the
+            # steps survivors rolled forward): the same counts the PS reports from its ranges
+            "rows_applied": self.examples, "rows_applied_max": self.examples,
+            "rows_planned": self.s.data.n_train * self.epochs,
+            "duplicates_dropped": 0, "rereplications": [],
             "step_time_s": float(np.median(self.step_times)) if self.step_times else None,
             "examples_per_s": self.examples / train_s if train_s > 0 else None,
             "test_logloss": final["logloss"], "test_auc": final["auc"], "test_accuracy": final["accuracy"],

@@ -51,6 +51,9 @@ def run(cfg, comm, rec, make_injector) -> dict:
         keys = table.keys()
         save_model(rec.run_dir / "model.npz", keys, table.W[table.slots(keys, create=False)])
     return {"steps": step, "examples": examples, "train_s": time.time() - t_start,
+            "rows_applied": examples, "rows_applied_max": examples,
+            "rows_planned": s.data.n_train * int(cfg.train.epochs), "duplicates_dropped": 0,
+            "lost_updates": 0, "replicas_identical": None, "rereplications": [],
             "step_time_s": float(np.median(step_times)) if step_times else None,
             "test_logloss": final["logloss"], "test_auc": final["auc"], "test_accuracy": final["accuracy"],
             "workers": 1, "servers": 0, "consistency": None, "ranks_alive_end": 1,
