@@ -20,10 +20,10 @@ import pytest
 
 from pslab.backends.allreduce import SCAN_MAX_CELLS, TAIL_DUR, DenseExchange, bitmap_keys, make_exchange, \
     ring_allgather_bytes, ring_allreduce_bytes
-from pslab.backends.elastic import Plan, Stream, split_batch
+from pslab.backends.elastic import Plan, split_batch
 from pslab.data import Dataset, Deduper, Rows
 from pslab.observe import Accounting
-from pslab.schedule import Lane, deal
+from pslab.schedule import Stream, deal, read_segments
 
 CRITEO = ["data=criteo_sample", "train.epochs=1", "run.save_model=true"]
 
@@ -47,19 +47,20 @@ def same_rows(a: Rows, b: Rows) -> bool:
 
 
 @pytest.mark.parametrize("batch", [1, 5, 17, 40, 1000])
-def test_stream_reads_exactly_what_a_lane_reads(batch):
+def test_a_stream_reads_its_blocks_rows_in_order_without_consuming_until_commit(batch):
     data = toy_dataset()
     blocks = deal(list(np.random.default_rng(1).permutation(data.n_blocks)), 3)[1]
-    lane, stream = Lane(data, blocks), Stream(data, blocks)
-    assert stream.left == lane.rows_left()
+    whole = read_segments(data, [(b, 0, data.block_len(b)) for b in blocks])
+    stream, at = Stream(data, blocks), 0
+    assert stream.left == len(whole)
     while True:
-        want = lane.next(batch)
         assert stream.take(batch) == stream.take(batch)  # reading does not consume
         got = stream.read(batch)
-        assert same_rows(want, got)
+        assert same_rows(whole.slice(at, at + len(got)), got)
         stream.commit(len(got))
-        assert stream.left == lane.rows_left()
-        if len(want) == 0:
+        at += len(got)
+        assert stream.left == len(whole) - at
+        if len(got) == 0:
             break
 
 
@@ -270,7 +271,7 @@ def unique_keys_per_step(overrides, n):
     s = Setup.build(load_config(list(overrides)))
     dedupe, b, out = Deduper(s.data.hash_bits), s.lane_batch(n), []
     for epoch in range(int(s.cfg.train.epochs)):
-        lanes = [Lane(s.data, blocks) for blocks in s.lanes(epoch, n)]
+        lanes = [Stream(s.data, blocks) for blocks in s.lanes(epoch, n)]
         while True:
             parts = [lane.next(b) for lane in lanes]
             if not any(len(p) for p in parts):

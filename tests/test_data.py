@@ -11,7 +11,7 @@ from pslab.data import DataError, Deduper, Rows, load_dataset, shipped
 from pslab.data.ctr import read_criteo
 from pslab.data.libsvm import BIAS_KEY, read_libsvm
 from pslab.data.synthetic import make_block
-from pslab.schedule import Lane, block_order, deal
+from pslab.schedule import Stream, block_order, deal
 
 CRITEO_LINE = "0\t1\t1\t5\t0\t1382\t4\t15\t2\t181\t1\t2\t\t2\t68fd1e64\t80e26c9b\tfb936136\t7b4723c4\t25c83c98\t7e0ccccf\tde7995b8\t1f89b562\ta73ee510\ta8cd5504\tb2cb9c98\t37c9c164\t2824a5f6\t1adce6ef\t8ba8b39a\t891b62e7\te5ba7672\tf54016b9\t21ddcdc9\tb1252a9d\t07b5194c\t\t3a171ecb\tc5c50484\te8b83407\t9727dd16\n"
 
@@ -123,7 +123,7 @@ def test_lanes_cover_every_row_once():
                           test_fraction=0.2, hash_bits=18, block_rows=700))
     order = block_order(ds.n_blocks, 0, seed=1)
     assert sorted(order) == list(range(ds.n_blocks))
-    lanes = [Lane(ds, blocks) for blocks in deal(order, 3)]
+    lanes = [Stream(ds, blocks) for blocks in deal(order, 3)]
     seen = 0
     while True:
         parts = [lane.next(64) for lane in lanes]
@@ -131,15 +131,17 @@ def test_lanes_cover_every_row_once():
             break
         seen += sum(len(p) for p in parts)
     assert seen == ds.n_train
-    assert sorted(b for lane in lanes for b in lane.done) == list(range(ds.n_blocks))
+    assert sorted(b for lane in lanes for b, _, _ in lane.segs) == list(range(ds.n_blocks))
 
 
-def test_a_lane_hands_back_its_unfinished_blocks():
+def test_a_stream_hands_back_its_unfinished_rows():
     ds = load_dataset(cfg(format="criteo", path="shipped:criteo_sample/criteo_train_head10k.tsv.xz",
                           test_fraction=0.2, hash_bits=18, block_rows=700))
-    lane = Lane(ds, [3, 5, 7])
-    assert lane.unfinished() == [3, 5, 7] and lane.rows_left() == 3 * 700
+    lane = Stream(ds, [3, 5, 7])
+    assert lane.unfinished() == [(3, 0, 700), (5, 0, 700), (7, 0, 700)] and lane.left == 3 * 700
     lane.next(700 + 10)  # block 3 done, block 5 begun
-    assert lane.done == [3] and lane.unfinished() == [5, 7]
-    taken = Lane(ds, lane.unfinished())  # another rank takes them over (block 5 from its start)
-    assert taken.rows_left() == 2 * 700
+    assert lane.unfinished() == [(5, 10, 700), (7, 0, 700)]
+    taken = Stream(ds)  # another rank takes them over, block 5 from its first unread row
+    taken.add(lane.unfinished())
+    assert taken.left == 2 * 700 - 10
+    assert (taken.next(5).keys == ds.block(5).slice(10, 15).keys).all()

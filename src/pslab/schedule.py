@@ -3,7 +3,8 @@
 
 Every backend builds its batches from these, so "the same global batch and the same
 block assignment" means the same thing everywhere: step t takes the next B/L rows of
-each of the L lanes. The local trainer with `backend.lanes=L` reproduces an L-rank run.
+each of the L lanes (a Stream each). The local trainer with `backend.lanes=L` reproduces
+an L-rank run.
 """
 from __future__ import annotations
 
@@ -29,43 +30,68 @@ def lane_batch_size(batch_size: int, lanes: int) -> int:
     return batch_size // lanes
 
 
-class Lane:
-    """A stream of rows over a list of blocks; remembers which blocks it has finished,
-    so a failed rank's unfinished blocks can be handed to someone else."""
+class Stream:
+    """One lane's rows: segments [block, first row, end row] read in order. Every backend
+    reads its rows through one: the local trainer and a PS plan read and consume (`next`);
+    elastic allreduce reads without consuming (`take`/`read`, then `commit` once the step's
+    collective succeeded, so a failed step is simply redone) and hands a dead member's
+    `unfinished` segments, which may begin part-way into a block, to another stream."""
 
-    def __init__(self, data: Dataset, blocks: list[int]):
+    def __init__(self, data: Dataset, blocks=()):
         self.data = data
-        self.pending = list(blocks)
-        self.done: list[int] = []
-        self._cur: Rows | None = None
-        self._cur_id: int | None = None
-        self._pos = 0
+        self.segs: list[tuple[int, int, int]] = []
+        self.i = 0      # current segment
+        self.pos = 0    # rows of segment i already consumed
+        self.left = 0
+        self.add([(int(b), 0, data.block_len(int(b))) for b in blocks])
 
-    def unfinished(self) -> list[int]:
-        cur = [self._cur_id] if self._cur_id is not None else []
-        return cur + list(self.pending)
+    def add(self, segs) -> None:
+        for b, a, e in segs:
+            if e > a:
+                self.segs.append((int(b), int(a), int(e)))
+                self.left += e - a
 
-    def rows_left(self) -> int:
-        n = 0 if self._cur is None else len(self._cur) - self._pos
-        return n + sum(self.data.block_len(b) for b in self.pending)
+    def take(self, n: int) -> list[tuple[int, int, int]]:
+        """The next n rows as segments, without consuming them."""
+        out, i, pos = [], self.i, self.pos
+        while n > 0 and i < len(self.segs):
+            b, a, e = self.segs[i]
+            k = min(n, e - a - pos)
+            out.append((b, a + pos, a + pos + k))
+            n -= k
+            pos += k
+            if a + pos >= e:
+                i, pos = i + 1, 0
+        return out
+
+    def count(self, n: int) -> int:
+        return min(n, self.left)
+
+    def read(self, n: int) -> Rows:
+        return read_segments(self.data, self.take(n))
+
+    def commit(self, n: int) -> None:
+        n = min(n, self.left)
+        self.left -= n
+        while n > 0:
+            b, a, e = self.segs[self.i]
+            k = min(n, e - a - self.pos)
+            self.pos += k
+            n -= k
+            if a + self.pos >= e:
+                self.i, self.pos = self.i + 1, 0
 
     def next(self, n: int) -> Rows:
-        parts = []
-        while n > 0:
-            if self._cur is None:
-                if not self.pending:
-                    break
-                self._cur_id = self.pending.pop(0)
-                self._cur, self._pos = self.data.block(self._cur_id), 0
-            take = min(n, len(self._cur) - self._pos)
-            parts.append(self._cur.slice(self._pos, self._pos + take))
-            self._pos += take
-            n -= take
-            if self._pos >= len(self._cur):
-                self.done.append(self._cur_id)
-                self._cur, self._cur_id = None, None
-        return Rows.concat(parts)
+        """Read and consume the next n rows."""
+        rows = self.read(n)
+        self.commit(len(rows))
+        return rows
 
+    def unfinished(self) -> list[tuple[int, int, int]]:
+        if self.i >= len(self.segs):
+            return []
+        b, a, e = self.segs[self.i]
+        return [(b, a + self.pos, e)] + self.segs[self.i + 1:]
 
 
 def read_segments(data: Dataset, segs) -> Rows:

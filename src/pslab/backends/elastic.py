@@ -2,11 +2,11 @@
 when a rank dies.
 
 Row streams. Each member (rank) of the current communicator reads one lane of the
-epoch's block order (`Setup.lanes(epoch, M)`) as a `Stream`: the same rows in the same
-order as `schedule.Lane`, plus two things a Lane cannot do. A stream is read without
-being consumed (`take`, then `commit` once the step's collective succeeded), so a failed
-step is simply redone; and it can begin a block part-way, so a dead rank's half-read
-block goes on from the first row no completed step has used. Every rank holds the
+epoch's block order (`Setup.lanes(epoch, M)`) as a `schedule.Stream`: the same rows in
+the same order as every backend reads them. A stream is read without being consumed
+(`take`, then `commit` once the step's collective succeeded), so a failed step is simply
+redone; and it can begin a block part-way, so a dead rank's half-read block goes on from
+the first row no completed step has used. Every rank holds the
 streams of *all* members as arithmetic (segments of block ids and row ranges, no data),
 so all ranks know every member's rows per step, the global batch size and the dead
 member's unfinished rows without talking. Only a rank's own stream loads data.
@@ -47,66 +47,12 @@ import time
 
 import numpy as np
 
-from ..data import Rows
+from ..schedule import Stream
 
 FAILURE_CLASSES = ("ERR_PROC_FAILED", "ERR_PROC_FAILED_PENDING", "ERR_REVOKED")
 
 
 # -- row streams -----------------------------------------------------------------------
-
-
-class Stream:
-    """One member's rows: segments (block, first row, end row) read in order."""
-
-    def __init__(self, data, blocks=()):
-        self.data = data
-        self.segs: list[tuple[int, int, int]] = []
-        self.i = 0      # current segment
-        self.pos = 0    # rows of segment i already used by completed steps
-        self.left = 0
-        self.add([(int(b), 0, data.block_len(int(b))) for b in blocks])
-
-    def add(self, segs) -> None:
-        for b, a, e in segs:
-            if e > a:
-                self.segs.append((int(b), int(a), int(e)))
-                self.left += e - a
-
-    def take(self, n: int) -> list[tuple[int, int, int]]:
-        """The next n rows as segments, without consuming them."""
-        out, i, pos = [], self.i, self.pos
-        while n > 0 and i < len(self.segs):
-            b, a, e = self.segs[i]
-            k = min(n, e - a - pos)
-            out.append((b, a + pos, a + pos + k))
-            n -= k
-            pos += k
-            if a + pos >= e:
-                i, pos = i + 1, 0
-        return out
-
-    def count(self, n: int) -> int:
-        return min(n, self.left)
-
-    def read(self, n: int) -> Rows:
-        return Rows.concat([self.data.block(b).slice(a, e) for b, a, e in self.take(n)])
-
-    def commit(self, n: int) -> None:
-        n = min(n, self.left)
-        self.left -= n
-        while n > 0:
-            b, a, e = self.segs[self.i]
-            k = min(n, e - a - self.pos)
-            self.pos += k
-            n -= k
-            if a + self.pos >= e:
-                self.i, self.pos = self.i + 1, 0
-
-    def unfinished(self) -> list[tuple[int, int, int]]:
-        if self.i >= len(self.segs):
-            return []
-        b, a, e = self.segs[self.i]
-        return [(b, a + self.pos, e)] + self.segs[self.i + 1:]
 
 
 def split_batch(batch: int, m: int) -> list[int]:

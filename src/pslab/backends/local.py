@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from ..data import Rows
-from ..schedule import Lane
+from ..schedule import Stream
 from ..store import apply_gradient, make_table
 from .common import Setup, save_model
 
@@ -25,7 +25,7 @@ def run(cfg, comm, rec, make_injector) -> dict:
     step, examples, step_times = 0, 0, []
     t_start = time.time()
     for epoch in range(int(cfg.train.epochs)):
-        lanes = [Lane(s.data, blocks) for blocks in s.lanes(epoch, n_lanes)]
+        lanes = [Stream(s.data, blocks) for blocks in s.lanes(epoch, n_lanes)]
         while True:
             rows = Rows.concat([lane.next(b) for lane in lanes])
             if len(rows) == 0:

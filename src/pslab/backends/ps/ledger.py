@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...schedule import Stream
+
 
 def batch_id(epoch: int, lane: int, k: int) -> int:
     return (int(epoch) << 40) | (int(lane) << 24) | int(k)
@@ -80,18 +82,11 @@ class Plan:
 
 def _cut(data, blocks: list[int], b: int) -> list[list]:
     """A lane's blocks as batches of b rows, each a list of segments [block, first, end]."""
-    out, cur, need = [], [], b
-    for x in blocks:
-        a, n = 0, data.block_len(int(x))
-        while a < n:
-            t = min(need, n - a)
-            cur.append([int(x), a, a + t])
-            a, need = a + t, need - t
-            if need == 0:
-                out.append(cur)
-                cur, need = [], b
-    if cur:
-        out.append(cur)
+    lane, out = Stream(data, blocks), []
+    while lane.left:
+        segs = lane.take(b)
+        lane.commit(b)
+        out.append([list(x) for x in segs])
     return out
 
 
