@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ...observe import write_json_atomic, write_text_atomic
-from .ranges import range_of
+from .ranges import in_ranges
 
 
 def clock_dir(root: Path, clock: int) -> Path:
@@ -95,7 +95,7 @@ def load_ranges(info: dict, ranges, n_ranges: int) -> tuple[np.ndarray, np.ndarr
             continue
         z = np.load(Path(info["dir"]) / sh["file"])
         k = z["keys"]
-        m = np.isin(range_of(k, n_ranges), list(want))
+        m = in_ranges(k, want, n_ranges)
         parts.append((k[m], z["W"][m], z["S"][m]))
         logs.update({r: v for r, v in json.loads(str(z["log"])).items() if int(r) in want})
     if not parts:

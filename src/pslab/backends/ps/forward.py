@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from . import protocol as P
-from .ranges import range_of
+from .ranges import in_ranges, range_of
 
 
 class Forwarder:
@@ -39,8 +39,10 @@ class Forwarder:
                 out.setdefault(t, []).append(r)
         return out
 
-    def forward(self, keys, entries: list[tuple], msgs: list[P.Msg], clock) -> None:
-        """Send one update to the backups; acknowledge `msgs` once they all hold it."""
+    def forward(self, keys, entries: list[tuple], msgs: list[P.Msg], clock, clock_ranges=None) -> None:
+        """Send one update to the backups; acknowledge `msgs` once they all hold it. A BSP
+        clock (clock_ranges: the ranges it completed) goes to every backup of those ranges,
+        also with nothing in it: a backup that takes over continues from that clock."""
         s = self.s
         mine = s.membership.primary_ranges(s.index)
         targets = self.backups_of(mine) if s.membership.replication > 1 else {}
@@ -48,17 +50,20 @@ class Forwarder:
         s.injector.point("before_forward", step)
         self.seq += 1
         wait = set()
-        rng = range_of(keys, s.membership.n_ranges) if keys is not None and len(keys) else None
+        has_keys = keys is not None and len(keys)
         for i, (t, ranges) in enumerate(sorted(targets.items())):
             if s.layout.server_rank(t) in s.van.failed:
                 continue  # known dead: the coordinator's next membership drops it
             log = [[b, n, [r for r in fr if r in ranges]] for b, n, fr in entries]
             log = [x for x in log if x[2]]
+            meta = {"log": log}
+            if clock_ranges is not None:
+                meta["ranges"] = [r for r in clock_ranges if r in ranges]
             k = None
-            if rng is not None:
-                sel = np.flatnonzero(np.isin(rng, ranges))
+            if has_keys:
+                sel = np.flatnonzero(in_ranges(keys, ranges, s.membership.n_ranges))
                 k = keys[sel] if len(sel) else None
-            if k is None and not log:
+            if k is None and not log and not meta.get("ranges"):
                 continue
             vals = None
             if k is not None:
@@ -66,7 +71,7 @@ class Forwarder:
                 vals = np.hstack([s.table.W[pos], s.table.S[pos]])
             with s.rec.acct.timed("comm"):
                 s.van.send(s.layout.server_rank(t), P.Msg(P.FWD, req=self.seq, clock=step, keys=k, vals=vals,
-                                                          meta={"log": log}, gen=s.membership.gen),
+                                                          meta=meta, gen=s.membership.gen),
                            kind="forward", compress=False)
             wait.add(s.layout.server_rank(t))
             if i == 0:
@@ -85,7 +90,8 @@ class Forwarder:
         self.seq += 1
         nbytes = s.van.send(s.layout.server_rank(to), P.Msg(
             P.FWD, req=self.seq, keys=keys if len(keys) else None, vals=vals, flags=P.F_SNAPSHOT,
-            meta={"snapshot": s.log.export(ranges)}, gen=s.membership.gen), kind="rereplicate", compress=False)
+            meta={"snapshot": s.log.export(ranges), "clocks": {str(r): int(s.rclocks.next[r]) for r in ranges}},
+            gen=s.membership.gen), kind="rereplicate", compress=False)
         self.pending[self.seq] = {"wait": {s.layout.server_rank(to)}, "msgs": [],
                                   "snap": {"to": to, "ranges": ranges, "bytes": int(nbytes), "keys": int(len(keys)),
                                            "t0": time.time()}}
@@ -146,7 +152,8 @@ class Replica:
         src = s.layout.role_of(m.src)[1]
         meta = m.meta or {}
         snap = meta.get("snapshot")
-        ranges = [int(r) for r in snap] if snap is not None else sorted({r for _, _, rr in meta["log"] for r in rr})
+        ranges = [int(r) for r in snap] if snap is not None else sorted({r for _, _, rr in meta["log"] for r in rr} |
+                                                                       set(meta.get("ranges", ())))
         if m.keys is not None and len(m.keys):
             ranges = sorted(set(ranges) | set(np.unique(range_of(m.keys, s.membership.n_ranges)).tolist()))
         table = s.membership.ranges
@@ -158,9 +165,13 @@ class Replica:
             if snap is not None:
                 self.clear(ranges)
                 s.log.load(snap)
+                for r, c in meta["clocks"].items():
+                    s.rclocks.next[int(r)] = int(c)
             else:
                 for b, n, rr in meta["log"]:
                     s.log.record(int(b), int(n), rr)
+                for r in meta.get("ranges", ()):  # a BSP clock of these ranges, applied
+                    s.rclocks.next[r] = max(int(s.rclocks.next[r]), m.clock + 1)
             if m.keys is not None and len(m.keys):
                 s.table.load(m.keys, m.vals[:, :dim], m.vals[:, dim:])
         s.van.send(m.src, P.Msg(P.FWD_ACK, req=m.req, gen=s.membership.gen))

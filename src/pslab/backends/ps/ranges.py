@@ -34,6 +34,13 @@ def range_of(keys: np.ndarray, n_ranges: int) -> np.ndarray:
     return (p.view(np.int64) * int(n_ranges)) >> RANGE_BITS
 
 
+def in_ranges(keys: np.ndarray, ranges, n_ranges: int) -> np.ndarray:
+    """A bool per key: is its range one of `ranges`? (a lookup, not np.isin's passes)."""
+    mask = np.zeros(int(n_ranges), bool)
+    mask[list(ranges)] = True
+    return mask[range_of(keys, n_ranges)]
+
+
 def initial_map(servers: list[int], n_ranges: int, replication: int, hosts: dict | None = None) -> list[list[int]]:
     """Range r -> [primary, backups...]: primaries dealt round-robin, backups the next
     servers after it (on other hosts first, when `hosts` names each server's host)."""

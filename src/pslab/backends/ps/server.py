@@ -37,7 +37,8 @@ from .applied import AppliedLog
 from .consistency import Clocks
 from .forward import Forwarder, Replica
 from .membership import Membership
-from .ranges import range_of
+from .rangeclocks import Part, RangeClocks
+from .ranges import in_ranges
 from .server_ctrl import ServerControl
 
 
@@ -53,8 +54,7 @@ class Server(ServerControl):
         self.log = AppliedLog(self.membership.n_ranges)
         self.clocks = Clocks(str(bc.consistency), int(bc.staleness), self.membership.counted(), start_clock)
         self.bsp = self.clocks.mode == "bsp"
-        self.pending_clocks: dict[int, dict[int, tuple]] = {}   # BSP: clock -> worker -> (push, ranges)
-        self.extra: dict[int, list] = {}                        # BSP: re-routed parts of pending clocks
+        self.rclocks = RangeClocks(self.membership.n_ranges, start_clock)  # BSP: clocks per range
         self.pending_bids: set = set()                          # (batch, range) received, not yet applied
         self.held: list[tuple[P.Msg, float]] = []               # pulls waiting for the clock rule
         self.every = int(bc.get("checkpoint_every", 0) or 0)
@@ -136,34 +136,33 @@ class Server(ServerControl):
         self.reroutes += reroute
         if not (reroute or demoted):
             self.clocks.on_push(w, m.clock)  # a clock tick (a re-routed part or a demoted straggler's is none)
-        part = (m, fresh)
         if self.bsp:
-            if reroute or demoted:
-                if m.clock >= self.clocks.applied:
-                    self.extra.setdefault(m.clock, []).append(part)
-                else:
-                    self.apply([part])
+            part = Part(m, w, set(fresh), set(ranges))
+            if self.rclocks.is_late(part):  # its ranges passed its clock (restored from a checkpoint)
+                self.apply([(m, fresh)], [m])
             else:
-                self.pending_clocks.setdefault(m.clock, {})[w] = part
+                self.rclocks.add(part)
             self.apply_complete_clocks()
         elif self.cut is not None and m.clock >= self.cut:
-            self.held_pushes.append(part)  # after the pending cut: applied once it is taken
+            self.held_pushes.append((m, fresh))  # after the pending cut: applied once it is taken
         else:
-            self.apply([part])
+            self.apply([(m, fresh)], [m])
         self.after_progress()
 
-    def apply(self, parts: list[tuple], clock: int | None = None) -> None:
-        """One update from push parts [(msg, fresh ranges)]: the gradient rows of the fresh
+    def apply(self, parts: list[tuple], acks: list[P.Msg], clock: int | None = None,
+              ranges: list[int] | None = None) -> None:
+        """One update from push parts [(msg, ranges to apply)]: their gradient rows in those
         ranges, each part divided by its div (parts that share one are summed first, so a
-        fault-free BSP clock is exactly sum / rows), then forwarded to the backups; the
-        pushes are acknowledged once the backups hold it."""
+        fault-free BSP clock is exactly sum / rows), then forwarded to the backups (BSP:
+        with the clock and its ranges); `acks` are acknowledged once the backups hold it."""
         by_div: dict[int, list] = {}
-        for m, fresh in parts:
-            if not fresh or m.keys is None or not len(m.keys) or m.div <= 0:
+        n = self.membership.n_ranges
+        for m, use in parts:
+            if not use or m.keys is None or not len(m.keys) or m.div <= 0:
                 continue
             keys, vals = m.keys, m.vals
-            if len(fresh) < len(self.covered(m)):
-                keep = np.isin(range_of(keys, self.membership.n_ranges), fresh)
+            keep = in_ranges(keys, use, n)
+            if not keep.all():
                 keys, vals = keys[keep], vals[keep]
             if len(keys):
                 by_div.setdefault(m.div, []).append((keys, vals))
@@ -175,27 +174,32 @@ class Server(ServerControl):
                 self.updates += len(keys)
                 touched.append(keys)
         entries = []
-        for m, fresh in parts:
-            if m.batch >= 0 and fresh:
-                self.log.record(m.batch, m.rows, fresh)
-                self.pending_bids.difference_update((m.batch, r) for r in fresh)
-                entries.append((m.batch, m.rows, fresh))
+        for m, use in parts:
+            if m.batch >= 0 and use:
+                use = sorted(use)
+                self.log.record(m.batch, m.rows, use)
+                self.pending_bids.difference_update((m.batch, r) for r in use)
+                entries.append((m.batch, m.rows, use))
         keys = np.unique(np.concatenate(touched)) if len(touched) > 1 else (touched[0] if touched else None)
-        self.forwarder.forward(keys, entries, [m for m, _ in parts], clock)
+        self.forwarder.forward(keys, entries, acks, clock, ranges)
 
     def apply_complete_clocks(self) -> None:
-        """BSP: apply every clock whose pushes are all in, in clock order (a checkpoint due
-        at clock c is taken once clock c - 1 is applied, before clock c can be)."""
+        """BSP: apply every complete clock, oldest first, for the ranges at that clock
+        (rangeclocks.py); a checkpoint due at clock c is taken once every range this server
+        leads has applied clock c - 1, before any applies clock c."""
+        lead = self.membership.primary_ranges(self.index)
         while True:
-            c = self.clocks.applied
-            got = self.pending_clocks.get(c)
-            if got is None or not self.clocks.workers <= set(got):
-                return
-            del self.pending_clocks[c]
-            self.apply([got[w] for w in sorted(got)] + self.extra.pop(c, []), clock=c)
-            self.clocks.applied = c + 1
-            if self.cut is not None and c + 1 >= self.cut:
-                self.checkpoint(c + 1)
+            got = self.rclocks.ready(lead, self.clocks.workers)
+            if got is None:
+                break
+            c, rc, parts = got
+            need = set(rc)
+            finished = self.rclocks.done(c, rc)
+            self.apply([(p.msg, p.fresh & need) for p in sorted(parts, key=lambda p: p.worker)],
+                       [p.msg for p in finished], clock=c, ranges=rc)
+            self.clocks.applied = self.rclocks.applied(lead)
+            if self.cut is not None and self.clocks.applied >= self.cut:
+                self.checkpoint(self.clocks.applied)
 
     def after_progress(self) -> None:
         """Held pulls that may now go, the SSP/ASP cut, and the per-clock duties (faults, logs)."""
@@ -206,7 +210,7 @@ class Server(ServerControl):
                 if part[0].clock >= self.cut:
                     self.held_pushes.append(part)
                 else:
-                    self.apply([part])
+                    self.apply([part], [part[0]])
         self.clocks.cap = self.cut if not self.bsp else None
         self.serve_held()
         p = self.clocks.progress()
@@ -269,7 +273,7 @@ class Server(ServerControl):
     def rows_of(self, ranges) -> tuple[np.ndarray, np.ndarray]:
         """(keys, table positions) of the keys this server holds in `ranges`."""
         keys = self.table.keys()
-        pos = np.flatnonzero(np.isin(range_of(keys, self.membership.n_ranges), list(ranges)))
+        pos = np.flatnonzero(in_ranges(keys, ranges, self.membership.n_ranges))
         return keys[pos], pos
 
     # ------------------------------------------------------------ loop

@@ -67,6 +67,7 @@ class ServerControl:
         lost = [int(r) for r in fo.get("lost", []) if new.ranges[int(r)][:1] == [self.index]]
         if lost:
             self.restore_lost(lost, fo)
+            self.rclocks.next[lost] = self.clocks.applied  # BSP: they go on at this server's clock
         self.forwarder.members_changed()
         to: dict[int, list] = {}
         for r, targets in (fo.get("resync") or {}).items():
