@@ -209,10 +209,10 @@ def success_rate(trials, curves: dict | None) -> str:
         if vals:
             bits.append(f"simulated {regime.get('job_hours', 1):g} h jobs of {n:,} workers {law}: " + ", ".join(vals))
     if any("ps" in (regime.get(key) or {}) for key in ("curves", "curves_deck")):
-        # pslab.sim.job models the OSDI'14 design; pslab's own PS stops at its R-th server loss.
+        # pslab.sim.job models re-replication within the measured recovery time, as pslab's PS does.
         bits.append("the simulated PS re-replicates a dead server's key ranges within its measured recovery "
-                    "time (OSDI'14's design: it fails only if R servers die within that window); pslab's PS "
-                    "does not re-replicate yet, so a run survives R-1 server failures, then needs a checkpoint")
+                    "time, as pslab's PS does (OSDI'14's design: a range is lost only if all R copies die "
+                    "within that window)")
     return ("; ".join(bits) + ".") if bits else "No success-rate trials yet."
 
 
