@@ -6,7 +6,7 @@ import pytest
 from pslab.config import CONF_DIR, ConfigError, load_config
 
 GROUPS = ["data", "model", "optim", "backend", "faults", "experiment"]
-NEEDS = {("data", "libsvm"): ["data.path=x.svm"], ("data", "csv"): ["data.path=x.csv", "data.label=y"]}
+NEEDS = {("data", "libsvm"): ["data.path=x.svm"], ("data", "csv"): ["data.path=x.csv", "data.label=y", "data.categorical=[a]"]}
 
 
 def options(group):

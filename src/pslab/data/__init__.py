@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .ctr import read_criteo, read_table
-from .files import DataError, resolve
+from .files import DataError, reading, resolve, sniff
 from .libsvm import read_libsvm
 from .rows import Batch, Deduper, Rows
 from .synthetic import block_args, make_block
@@ -67,15 +67,25 @@ class Dataset:
                        nb, n, test, hash_bits, block_rows)
 
 
-def _split(rows: Rows, test_fraction, key: str) -> tuple[Rows, Rows]:
+def _split(rows: Rows, test_fraction, path: Path) -> tuple[Rows, Rows]:
     f = float(test_fraction)
-    if not 0 < f < 1:
-        raise DataError(f"{key}={test_fraction}: must be in (0, 1)")
     cut = len(rows) - int(round(len(rows) * f))
+    if cut == len(rows) or cut == 0:
+        raise DataError(f"data.test_fraction={test_fraction:g} of the {len(rows)} rows of {path} leaves "
+                        f"{'no test' if cut == len(rows) else 'no training'} rows: use more rows, another "
+                        "fraction, or data.test_path=FILE")
     return rows.slice(0, cut), rows.slice(cut, len(rows))
 
 
 def _read(cfg, path: Path) -> Rows:
+    with reading(path):
+        rows = _parse(cfg, path)
+    if len(rows) == 0:
+        raise DataError(f"{path}: no data rows")
+    return rows
+
+
+def _parse(cfg, path: Path) -> Rows:
     kind = cfg.format
     if kind == "criteo":
         return read_criteo(path, seed=int(cfg.get("hash_seed", 0)))
@@ -84,10 +94,6 @@ def _read(cfg, path: Path) -> Rows:
     if kind == "csv":
         cat = list(cfg.get("categorical") or [])
         num = list(cfg.get("numeric") or [])
-        if not cat and not num:
-            raise DataError("data.categorical and data.numeric are both empty: name some feature columns")
-        if not cfg.get("label"):
-            raise DataError("data.label is not set: name the label column")
         return read_table(path, None, cfg.label, cat, num, cfg.get("sep", ","), int(cfg.get("hash_seed", 0)))
     raise DataError(f"data.format={kind!r}: unknown (criteo, libsvm, csv, synthetic)")
 
@@ -124,18 +130,26 @@ def _read_cached(cfg, path: Path) -> Rows:
     return rows
 
 
-def _path(p) -> Path:
+def data_path(p, key: str = "data.path") -> Path:
+    """The file a data.path / data.test_path setting names (`shipped:NAME` is in the
+    package), checked to exist and to look like text (pslab.data.files.sniff)."""
     p = str(p)
-    return shipped(p[len("shipped:"):]) if p.startswith("shipped:") else resolve(p)
+    if p.startswith("shipped:"):
+        return shipped(p[len("shipped:"):])
+    path = resolve(p, key)
+    sniff(path, key)
+    return path
 
 
 def load_dataset(cfg) -> Dataset:
+    from ..config import ConfigError, check_data
+
+    try:
+        check_data(cfg)
+    except ConfigError as e:
+        raise DataError(str(e)) from None
     hash_bits = cfg.get("hash_bits")
     block_rows = int(cfg.get("block_rows", 1000))
-    if block_rows <= 0:
-        raise DataError(f"data.block_rows={block_rows}: must be > 0")
-    if hash_bits is not None and not 1 <= int(hash_bits) <= 40:
-        raise DataError(f"data.hash_bits={hash_bits}: must be between 1 and 40 (or null for 64-bit keys)")
     if cfg.format == "synthetic":
         args, test_args = block_args(cfg, block_rows)
         n_blocks = -(-int(cfg.rows) // block_rows)
@@ -145,11 +159,10 @@ def load_dataset(cfg) -> Dataset:
         return Dataset(lambda b: make_block(b, **args), n_blocks, n_blocks * block_rows, test,
                        hash_bits, block_rows)
     read = _read_cached if cfg.get("cache", True) else _read
-    rows = read(cfg, _path(cfg.path))
+    path = data_path(cfg.path)
+    rows = read(cfg, path)
     if cfg.get("test_path"):
-        train, test = rows, read(cfg, _path(cfg.test_path))
-    elif cfg.get("test_fraction"):
-        train, test = _split(rows, cfg.test_fraction, "data.test_fraction")
+        train, test = rows, read(cfg, data_path(cfg.test_path, "data.test_path"))
     else:
-        raise DataError("no held-out set: set data.test_path=... or data.test_fraction=F")
+        train, test = _split(rows, cfg.test_fraction, path)
     return Dataset.from_rows(train, test, hash_bits, block_rows)

@@ -60,7 +60,9 @@ def read_table(path: Path, columns: list[str] | None, label: str, categorical: l
         index = {c: i for i, c in enumerate(columns)}
         for name in [label] + [c for c, _ in fields]:
             if name not in index:
-                raise DataError(f"{path}: no column {name!r} (columns: {', '.join(columns)})")
+                hint = next((f"; is data.sep={s!r} meant?" for s in (",", "\t", ";", "|")
+                             if len(columns) == 1 and s != sep and s in columns[0]), "")
+                raise DataError(f"{path}: no column {name!r} (columns: {', '.join(map(repr, columns))}{hint})")
         li = index[label]
         pos = [index[c] for c, _ in fields]
         width = len(columns)
