@@ -13,6 +13,7 @@ pytestmark = pytest.mark.mpi
 def test_local_lr_criteo_succeeds_with_every_summary_field(launch):
     run = launch(1, "backend=local", "model=lr", "data=criteo_sample")
     assert run["status"] == "succeeded", run.summary.get("reason")
+    assert run["exit_code"] == run.proc.returncode == 0 and run["mpirun_exit_code"] == 0
     assert set(SUMMARY_FIELDS) <= set(run.summary)
     assert run["test_auc"] >= 0.72
     assert run["examples"] == 8000 and run["ranks"] == 1
@@ -35,9 +36,34 @@ def test_a9a_accuracy(launch):
 
 
 def test_config_error_is_reported_before_launch(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "pslab.launch", "-n", "1", "--run-dir", str(tmp_path / "r"),
+    """As a user sees it: one line, exit code 2, a summary saying "invalid", no MPI launch."""
+    run_dir = tmp_path / "r"
+    proc = subprocess.run([sys.executable, "-m", "pslab.launch", "-n", "1", "--run-dir", str(run_dir),
                            "model=svm"], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "model" in proc.stderr and "svm" in proc.stderr
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == "pslab.launch: model=svm: no such model (choose fm, lr)\n"
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["status"] == "invalid" and s["exit_code"] == 2 and "model=svm" in s["reason"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["summary.json"]
+
+
+def test_progress_lines_while_a_run_goes(tmp_path):
+    """Piped: the run dir first, then a plain progress line every few seconds (one at
+    least every 10 s), then the result; --quiet (test_launch_signals) shows none."""
+    run_dir = tmp_path / "r"
+    proc = subprocess.run([sys.executable, "-m", "pslab.launch", "-n", "2", "--run-dir", str(run_dir),
+                           "backend=allreduce", "data=synthetic", "data.rows=60000", "data.test_rows=4000"],
+                          capture_output=True, text=True, timeout=300)
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["status"] == "succeeded" and proc.returncode == s["exit_code"] == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[0] == f"[pslab] run dir: {run_dir}"
+    progress = [x for x in lines if "ex/s" in x]
+    assert len(progress) >= max(1, int(s["wall_s"] // 10)), proc.stderr
+    assert "\r" not in proc.stderr
+    last = progress[-1]
+    assert "epoch 1/1 step " in last and "loss " in last and "sent " in last and "ranks 2/2" in last, last
+    assert proc.stdout.startswith("[pslab] succeeded: allreduce/lr n=2")
 
 
 def test_bad_data_file_fails_with_the_file_named(launch, tmp_path):
@@ -51,4 +77,5 @@ def test_bad_data_file_fails_with_the_file_named(launch, tmp_path):
 def test_deadline_ends_a_run_with_a_status(launch):
     run = launch(1, "data=synthetic", "data.rows=2000000", "data.block_rows=20000", deadline=8)
     assert run["status"] == "failed" and "deadline" in run["reason"]
+    assert run["exit_code"] == run.proc.returncode == 1
     assert run["wall_s"] < 15

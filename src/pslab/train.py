@@ -59,11 +59,15 @@ def main(argv: list[str] | None = None) -> int:
         os.replace(tmp, run_dir / "config.yaml")
 
     from .backends import get_backend
+    from .launcher import watchdog
     from .observe import Recorder
 
     backend = get_backend(cfg.backend.name)
     role, index = backend.role_of(cfg, comm.rank, comm.size) if hasattr(backend, "role_of") else ("worker", comm.rank)
     rec = Recorder(run_dir, comm.rank, role, index)
+    # Ends the job if the launcher is gone or the deadline passed (see its module); it
+    # runs on through MPI_Finalize below, which a hung peer can block forever.
+    watchdog.start(rec, float(cfg.run.deadline_s))
     try:
         result = backend.run(cfg, comm, rec, injector_factory(cfg, rec, role, index, comm))
         if result is not None:  # rank 0 (or the coordinator) reports the run's outcome
@@ -78,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         raise
     finally:
         rec.close()
+    # Finalize here, not at interpreter exit: at exit the watchdog thread may already be
+    # gone, and it must outlive a Finalize that a hung rank blocks.
+    MPI.Finalize()
     return 0
 
 
@@ -86,6 +93,8 @@ def injector_factory(cfg, rec, role, index, comm):
     from .faults import make_injector
 
     def make(roles: dict[str, int], planned_steps: int):
+        # the launcher's progress line shows "step S of planned_steps"
+        rec.event("plan", planned_steps=int(planned_steps), epochs=int(cfg.train.epochs))
         return make_injector(cfg, role, index, comm.rank, roles, planned_steps, rec)
 
     return make

@@ -14,6 +14,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 
 ABORT_MARKER = "ABORTING.json"
 
@@ -116,7 +117,10 @@ class Recorder:
         self._metrics = open(d / f"rank-{rank}.metrics.jsonl", "a", buffering=1)
         self._shared = open(self.run_dir / "metrics.jsonl", "a", buffering=1) if rank == 0 else None
         self.acct = Accounting()
-        self.event("rank_started", pid=os.getpid(), host=socket.gethostname())
+        # pid, host and start time let the launcher and the other ranks' watchdogs find
+        # this process again, and never hit another that reused its pid
+        self.event("rank_started", pid=os.getpid(), host=socket.gethostname(),
+                   created=psutil.Process().create_time())
 
     def _line(self, f, kind: str, fields: dict, sync: bool = False) -> None:
         rec = {"t": time.time(), "elapsed": time.time() - self.t0, "rank": self.rank, "role": self.role,
