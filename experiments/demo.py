@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from pslab.launch import launch  # noqa: E402
+from pslab.launch import Interrupted, launch  # noqa: E402
 
 FAULTS = ["none", "kill_one_worker"]
 
@@ -113,4 +113,8 @@ def plot(rows, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except Interrupted as e:  # the run in progress was ended, with its summary
+        print(f"demo: interrupted by {e}", file=sys.stderr)
+        sys.exit(e.exit_code)

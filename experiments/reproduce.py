@@ -35,6 +35,23 @@ STEPS = ["success_rate", "consistency", "traffic", "recovery", "stragglers", "sc
 BUDGET_S = {"small": 45 * 60}
 
 
+def run_step(name: str, cmd: list[str]) -> int:
+    """One experiment in a child process. Ctrl-C reaches the child too (the terminal signals
+    the whole foreground group): its launcher ends the run in progress and writes its
+    summary, so wait for that (subprocess.run would SIGKILL it after 0.25 s), then stop."""
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        print(f"\n[reproduce] interrupted: waiting for {name} to end its run", file=sys.stderr, flush=True)
+        try:
+            proc.wait(timeout=30)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            proc.kill()
+            proc.wait()
+        raise
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -66,7 +83,7 @@ def main(argv=None) -> int:
             else:
                 print(f"\n[reproduce] === {name} ({time.strftime('%H:%M:%S')}) ===", flush=True)
             t = time.time()
-            rc = subprocess.run(cmd, cwd=ROOT).returncode
+            rc = run_step(name, cmd)
             timing.append((name, time.time() - t, "ok" if rc == 0 else f"exit {rc}"))
             if rc != 0:
                 failed.append(name)
@@ -103,4 +120,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("[reproduce] interrupted: results/ of the finished steps are kept", file=sys.stderr)
+        sys.exit(130)

@@ -53,7 +53,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from pslab.config import CONF_DIR  # noqa: E402
-from pslab.launch import launch  # noqa: E402
+from pslab.launch import Interrupted, launch  # noqa: E402
+from pslab.launcher.progress import Countdown  # noqa: E402
 from pslab.observe import read_jsonl  # noqa: E402
 
 AUC_TOLERANCE = 0.01
@@ -287,6 +288,8 @@ def main(argv=None) -> int:
           f"(mean lifetime {1 / rate:.0f} s){'' if exclude_rank0 else ', rank 0 at risk too'}")
 
     have = {t["trial"] for t in read_jsonl(out / "trials.jsonl")}
+    count = Countdown(sum(1 for t in range(trials) for b, n in good if f"trial-{b}-n{n}-s{t + 1}" not in have))
+    print(f"[success_rate] {count.total} trials to run" + (f" (budget {budget:g} s)" if budget else ""), flush=True)
     stopped_early = False
     # Round-robin over cells, so a budget cut leaves every cell with about as many trials.
     for t in range(trials):
@@ -317,7 +320,7 @@ def main(argv=None) -> int:
                     "hazard": s.get("hazard"), "reason": s.get("reason"),
                     "run_dir": str(run_dir.relative_to(out)), "replay": command(n, ov, run_dir, deadline)}
             append_jsonl(out / "trials.jsonl", line)
-            print(f"[success_rate] {name:28s} {s['status']:9s} faults={line['faults_injected']} "
+            print(f"[success_rate] {count.tick()} | {name:28s} {s['status']:9s} faults={line['faults_injected']} "
                   f"auc={'%.4f' % auc if auc is not None else '-':7s} wall={s['wall_s']:5.1f}s "
                   f"{'SUCCESS' if success else 'fail'}")
         if stopped_early:
@@ -332,4 +335,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except Interrupted as e:  # the launch in progress was ended; finished trials are kept
+        print(f"[success_rate] interrupted by {e}: stopped (rerun to go on)", file=sys.stderr)
+        sys.exit(e.exit_code)

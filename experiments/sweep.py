@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from pslab.analysis.io import read_json, save_run, write_json_atomic  # noqa: E402
 from pslab.config import CONF_DIR, ConfigError, load_config  # noqa: E402
+from pslab.launcher.signals import Interrupted  # noqa: E402
 
 
 @dataclass
@@ -52,8 +53,9 @@ class Arm:
 # Settings for PS arms of experiments that do not measure failover: on a shared,
 # oversubscribed 2-core machine a rank can go seconds without the CPU, and a short
 # heartbeat timeout then declares a live server dead. Applied only where the PS config
-# has the key.
-PS_QUIET = {"backend.heartbeat_timeout_s": 30}
+# has the key. A request must outlast the detection (the PS wants request_timeout_s >= 2x
+# heartbeat_timeout_s).
+PS_QUIET = {"backend.heartbeat_timeout_s": 30, "backend.request_timeout_s": 60}
 
 
 def ps_quiet() -> list[str]:
@@ -154,7 +156,11 @@ def main(name: str, doc: str, arms_for, figure=None, argv=None, extra_args=None)
             if unknown:
                 ap.error(f"unknown arm(s) {sorted(unknown)}; known: {[a.label for a in arms]}")
             arms = [a for a in arms if a.label in args.only]
-        run_sweep(name, arms, args, out, work)
+        try:
+            run_sweep(name, arms, args, out, work)
+        except Interrupted as e:  # the launch in progress was ended and has its summary
+            print(f"[{name}] interrupted by {e}: sweep stopped, {out} left as it was", file=sys.stderr, flush=True)
+            return e.exit_code
     if figure is not None and not args.dry_run:
         try:
             path = figure(out, args)
@@ -195,6 +201,7 @@ def run_sweep(name: str, arms: list[Arm], args, out: Path, work: Path) -> dict:
 
 def _run_sweep(name: str, arms: list[Arm], args, out: Path, work: Path, previous: Path | None = None) -> dict:
     from pslab.launch import launch
+    from pslab.launcher.progress import Countdown
 
     t0 = time.time()
     old = read_json((previous or out) / "manifest.json") or {}
@@ -225,6 +232,11 @@ def _run_sweep(name: str, arms: list[Arm], args, out: Path, work: Path, previous
         if not args.resume and not args.dry_run and (out / arm.label).exists():
             shutil.rmtree(out / arm.label)
         runnable.append(arm)
+    todo = [(arm, rep) for arm in runnable for rep in range(arm.reps)
+            if not (args.resume and (out / arm.label / f"rep{rep}" / "summary.json").exists())]
+    count = Countdown(len(todo))
+    if todo and not args.dry_run:
+        print(f"[{name}] {len(todo)} launches", flush=True)
     # Repetition-major order (rep 0 of every arm, then rep 1, ...): a shared machine's load
     # drifts, and interleaving makes it drift under every arm alike.
     for rep in range(max((a.reps for a in runnable), default=0)):
@@ -262,7 +274,7 @@ def _run_sweep(name: str, arms: list[Arm], args, out: Path, work: Path, previous
             save_run(run_dir, dest, meta)
             entry["ran"].append(rep)
             auc = s.get("test_auc")
-            print(f"[{name}] {arm.label:22s} rep{rep} {s['status']:9s} wall={s['wall_s']:6.1f}s "
+            print(f"[{name}] {count.tick()} | {arm.label:22s} rep{rep} {s['status']:9s} wall={s['wall_s']:6.1f}s "
                   f"auc={'%.4f' % auc if auc is not None else '-':7s} ({time.time() - t:.0f}s)"
                   + (f"  reason: {str(s.get('reason'))[:120]}" if s["status"] != "succeeded" else ""), flush=True)
     if args.dry_run:
