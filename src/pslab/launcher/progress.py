@@ -151,8 +151,9 @@ class RunState:
         return (self.samples[-1][1] - ex_ref) / max(1e-3, now - t_ref)
 
     def ranks(self) -> str:
-        """Ranks alive on this host's count (pids from rank_started; a rank on another host
-        counts as alive), and how many are stopped (SIGSTOPped: hung)."""
+        """How many ranks are alive, by the pids of their rank_started records (a rank on
+        another host counts as alive: its pid means nothing here), and how many of the
+        others are stopped (SIGSTOPped: hung)."""
         if len(self.started) < self.n:
             return f"ranks {len(self.started)}/{self.n} started"
         alive = stopped = 0
@@ -168,7 +169,7 @@ class RunState:
                 continue
             if status == psutil.STATUS_STOPPED:
                 stopped += 1
-            elif status not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            else:
                 alive += 1
         return f"ranks {alive}/{self.n}" + (f" ({stopped} stopped)" if stopped else "")
 
