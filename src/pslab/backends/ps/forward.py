@@ -155,7 +155,8 @@ class Replica:
         ranges = [int(r) for r in snap] if snap is not None else sorted({r for _, _, rr in meta["log"] for r in rr} |
                                                                        set(meta.get("ranges", ())))
         if m.keys is not None and len(m.keys):
-            ranges = sorted(set(ranges) | set(np.unique(range_of(m.keys, s.membership.n_ranges)).tolist()))
+            present = np.bincount(range_of(m.keys, s.membership.n_ranges), minlength=s.membership.n_ranges)
+            ranges = sorted(set(ranges) | set(np.flatnonzero(present).tolist()))
         table = s.membership.ranges
         if any(not table[r] or table[r][0] != src or s.index not in table[r] for r in ranges):
             s.rec.event("stale_forward_dropped", sender=src, ranges=ranges, gen=m.gen)
