@@ -15,22 +15,31 @@ ranks left. Exit codes: 0 succeeded, 1 failed, 2 invalid, 128+N interrupted by s
 """
 from __future__ import annotations
 
-import argparse
-import subprocess
+import signal
 import sys
-import time
-import traceback
-from pathlib import Path
 
-from .config import ConfigError, load_config
-from .launcher import procs, watchdog
-from .launcher.checks import Invalid, check_flags, check_run
-from .launcher.mpi import find_mpirun, hang_detector_mca, mpi_flavor, mpirun_command
-from .launcher.progress import Progress, RunState
-from .launcher.signals import Interrupted, SignalGuard, signal_name
-from .launcher.summary import (SUMMARY_FIELDS, count_failures, one_line, recovery_times, summarize,
+if __name__ == "__main__":
+    # A signal while the imports below load (half a second): nothing has started yet, so
+    # just exit as the signal asks, without a traceback. main() then installs the real
+    # handlers (pslab.launcher.signals).
+    for _sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(_sig, lambda signum, frame: sys.exit(128 + signum))
+
+import argparse  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from .config import ConfigError, load_config  # noqa: E402
+from .launcher import procs, watchdog  # noqa: E402
+from .launcher.checks import Invalid, check_flags, check_run  # noqa: E402
+from .launcher.mpi import find_mpirun, hang_detector_mca, mpi_flavor, mpirun_command  # noqa: E402
+from .launcher.progress import Progress, RunState  # noqa: E402
+from .launcher.signals import Interrupted, SignalGuard, signal_name  # noqa: E402
+from .launcher.summary import (SUMMARY_FIELDS, count_failures, one_line, recovery_times, summarize,  # noqa: E402
                                write_early_summary)
-from .observe import ABORT_MARKER, read_json
+from .observe import ABORT_MARKER, read_json  # noqa: E402
 
 __all__ = ["launch", "main", "Interrupted", "SUMMARY_FIELDS", "count_failures", "recovery_times", "find_mpirun",
            "mpi_flavor", "mpirun_command", "hang_detector_mca"]
@@ -193,6 +202,8 @@ def launch(n: int, overrides: list[str], run_dir: Path | None = None, deadline: 
         if guard.signum is not None:  # before mpirun started: nothing to end
             summary = write_early_summary(run_dir, "interrupted", f"interrupted by {signal_name(guard.signum)} "
                                           "before mpirun started", n, cfg, guard.signum)
+            if not quiet:
+                say(f"[pslab] {summary['reason']} -> {run_dir}")
             raise Interrupted(guard.signum, summary)
         if progress:
             say(f"[pslab] run dir: {run_dir}")
