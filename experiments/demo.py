@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from pslab.launch import Interrupted, launch  # noqa: E402
+from pslab.launcher.progress import Countdown  # noqa: E402
 
 FAULTS = ["none", "kill_one_worker"]
 
@@ -54,6 +55,8 @@ def main() -> int:
     ref = launch(1, ["backend=local", *common], args.out / "local", args.deadline, quiet=True)
     rows = [("local reference", "none", ref)]
     print(f"local reference: test AUC {fmt(ref.get('test_auc'), '.4f')}, log-loss {fmt(ref.get('test_logloss'), '.4f')}")
+    todo = [c for c in contenders(args.ranks) if available(c[2][0].split("=")[1])]
+    count = Countdown(len(todo) * len(FAULTS))
     for label, n, overrides in contenders(args.ranks):
         backend = overrides[0].split("=")[1]
         if not available(backend):
@@ -63,8 +66,8 @@ def main() -> int:
             run_dir = args.out / f"{backend}{'-elastic' if 'elastic' in ' '.join(overrides) else ''}-{fault}"
             s = launch(n, [*overrides, *common, f"faults={fault}"], run_dir, args.deadline, quiet=True)
             rows.append((label, fault, s))
-            print(f"  {label:28s} faults={fault:16s} {s['status']:9s} auc={fmt(s.get('test_auc'), '.4f')} "
-                  f"wall={s['wall_s']:.1f}s", flush=True)
+            print(f"  {count.tick():16s} {label:28s} faults={fault:16s} {s['status']:9s} "
+                  f"auc={fmt(s.get('test_auc'), '.4f')} wall={s['wall_s']:.1f}s", flush=True)
     print_table(rows)
     plot(rows, ROOT / "results" / "figures" / "demo.png")
     return 0

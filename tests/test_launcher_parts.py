@@ -60,8 +60,9 @@ def test_an_interrupted_run_names_the_signal(tmp_path):
 
 
 def test_mpirun_failing_before_any_rank_is_explained_from_its_log(tmp_path):
-    (tmp_path / "mpirun.log").write_text("mpirun -n 2 ...\n" + "-" * 60 + "\nOpen MPI was unable to open the hostfile:\n"
-                                         "    /x/hosts.txt\n" + "-" * 60 + "\n")
+    box = "-" * 60
+    (tmp_path / "mpirun.log").write_text(f"mpirun -n 2 ...\n{box}\nOpen MPI was unable to open the hostfile:\n"
+                                         f"    /x/hosts.txt\n{box}\n")
     s = summarize(tmp_path, load_config([]), 2, 250, 0.2)
     assert s["status"] == "failed" and s["exit_code"] == 1 and s["mpirun_exit_code"] == 250
     assert "before any rank started: Open MPI was unable to open the hostfile: /x/hosts.txt" in s["reason"]
