@@ -118,6 +118,6 @@ def plot(rows, path: Path) -> None:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except Interrupted as e:  # the run in progress was ended, with its summary
-        print(f"demo: interrupted by {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+    except KeyboardInterrupt as e:  # Interrupted: the run in progress was ended, with its summary
+        print("demo: interrupted", file=sys.stderr)
+        sys.exit(e.exit_code if isinstance(e, Interrupted) else 130)

@@ -337,6 +337,6 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except Interrupted as e:  # the launch in progress was ended; finished trials are kept
-        print(f"[success_rate] interrupted by {e}: stopped (rerun to go on)", file=sys.stderr)
-        sys.exit(e.exit_code)
+    except KeyboardInterrupt as e:  # Interrupted: the launch in progress was ended; finished trials are kept
+        print("[success_rate] interrupted: stopped (rerun to go on)", file=sys.stderr)
+        sys.exit(e.exit_code if isinstance(e, Interrupted) else 130)

@@ -158,9 +158,10 @@ def main(name: str, doc: str, arms_for, figure=None, argv=None, extra_args=None)
             arms = [a for a in arms if a.label in args.only]
         try:
             run_sweep(name, arms, args, out, work)
-        except Interrupted as e:  # the launch in progress was ended and has its summary
-            print(f"[{name}] interrupted by {e}: sweep stopped, {out} left as it was", file=sys.stderr, flush=True)
-            return e.exit_code
+        except KeyboardInterrupt as e:  # Interrupted: the launch in progress was ended and has its summary
+            print(f"[{name}] interrupted{f' by {e}' if isinstance(e, Interrupted) else ''}: sweep stopped, "
+                  f"{out} left as it was", file=sys.stderr, flush=True)
+            return e.exit_code if isinstance(e, Interrupted) else 130
     if figure is not None and not args.dry_run:
         try:
             path = figure(out, args)
