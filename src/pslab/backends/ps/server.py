@@ -161,8 +161,8 @@ class Server(ServerControl):
             if not use or m.keys is None or not len(m.keys) or m.div <= 0:
                 continue
             keys, vals = m.keys, m.vals
-            keep = in_ranges(keys, use, n)
-            if not keep.all():
+            if len(use) < len(self.covered(m)):  # some of its ranges dropped it, or apply later
+                keep = in_ranges(keys, use, n)
                 keys, vals = keys[keep], vals[keep]
             if len(keys):
                 by_div.setdefault(m.div, []).append((keys, vals))
