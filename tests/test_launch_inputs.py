@@ -118,6 +118,8 @@ ROWS = [
      ["backend.consistency='eventual'", "bsp | ssp | asp"], 0),
     ("negative-staleness", ["-n", "3", "backend=ps", "backend.consistency=ssp", "backend.staleness=-1"], "invalid",
      ["backend.staleness=-1"], 0),
+    ("ps-request-timeout-below-detection", ["-n", "3", "backend=ps", "backend.heartbeat_timeout_s=30"], "invalid",
+     ["backend.request_timeout_s=", "at least twice backend.heartbeat_timeout_s=30"], 0),
     ("hang-timeout-0", ["backend=allreduce", "backend.hang_timeout_s=0"], "invalid", ["backend.hang_timeout_s=0"],
      0),
     # launcher flags

@@ -190,6 +190,10 @@ def check_backend(cfg) -> None:
         consistency = choice(cfg, "backend.consistency", ("bsp", "ssp", "asp"))
         if consistency == "ssp":
             number(cfg, "backend.staleness", lo=0, integer=True)
-        for key in ("heartbeat_timeout_s", "request_timeout_s", "idle_timeout_s"):
-            number(cfg, f"backend.{key}", lo=0, lo_open=True, allow_none=True)
+        hb = number(cfg, "backend.heartbeat_timeout_s", lo=0, lo_open=True, allow_none=True)
+        for key in ("request_timeout_s", "idle_timeout_s"):
+            # a request (and a wait for the coordinator) must outlast the detection of a
+            # dead server, or workers give up on what failover would re-route
+            number(cfg, f"backend.{key}", lo=2 * hb if hb else 0, lo_open=not hb, allow_none=True,
+                   hint=f"at least twice backend.heartbeat_timeout_s={hb:g}" if hb else "")
         number(cfg, "backend.checkpoint_every", lo=0, integer=True, allow_none=True)
