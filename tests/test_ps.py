@@ -128,9 +128,12 @@ def pull_records(run: Run) -> dict:
 
 
 @pytest.mark.parametrize("mode,s", [("ssp", 1), ("asp", 0)])
-def test_ssp_asp_bound_and_auc(tmp_path, bsp_2x2, mode, s):
+def test_ssp_asp_bound_auc_and_identical_replicas(tmp_path, bsp_2x2, mode, s):
+    # R=2: each range's backup installs what its primary applied, in the primary's order
     run = launch_into(tmp_path / mode, 5, "backend=ps", "backend.servers=2", f"backend.consistency={mode}",
-                      f"backend.staleness={s}")
+                      f"backend.staleness={s}", "backend.replication=2")
+    assert run["replicas_identical"] is True
+    assert run["rows_applied"] == run["rows_applied_max"] == run["rows_planned"] > 0
     rec = pull_records(run)
     assert len(rec["clock"]) == run["pulls"] > 0
     if mode == "ssp":
