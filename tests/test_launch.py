@@ -52,7 +52,7 @@ def test_progress_lines_while_a_run_goes(tmp_path):
     least every 10 s), then the result; --quiet (test_launch_signals) shows none."""
     run_dir = tmp_path / "r"
     proc = subprocess.run([sys.executable, "-m", "pslab.launch", "-n", "2", "--run-dir", str(run_dir),
-                           "backend=allreduce", "data=synthetic", "data.rows=60000", "data.test_rows=4000"],
+                           "backend=allreduce", "data=synthetic", "data.rows=40000", "data.test_rows=4000"],
                           capture_output=True, text=True, timeout=300)
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["status"] == "succeeded" and proc.returncode == s["exit_code"] == 0, proc.stderr
