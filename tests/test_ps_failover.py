@@ -246,3 +246,13 @@ def test_a_straggler_whose_step_outlasts_the_heartbeat_timeout_is_not_fenced(lau
     assert max(np.diff(t)) >= 3 * 1.0  # one step of worker 0 took longer than three heartbeat timeouts
     assert run["failures_detected"] == 0 and not run.events("fenced") and not run.events("failure_detected")
     exactly_once(run)
+
+
+@pytest.mark.slow
+def test_backup_workers_under_ssp_say_why_none_started(launch):
+    run = ok(launch(6, "backend=ps", "backend.servers=1", "backend.consistency=ssp", "backend.staleness=2",
+                    "backend.backup_workers=true", "faults=straggler", deadline=DEADLINE))
+    (e,) = run.events("backup_not_launched")[:1]
+    assert "staleness" in e["reason"] and run["backups_launched"] == 0
+    assert "staleness" in run["backup_note"]
+    exactly_once(run)

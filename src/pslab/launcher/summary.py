@@ -174,6 +174,9 @@ def backup_note(cfg, events: list[dict]) -> str | None:
         return None
     slowed = any(f.get("action") == "slow" for f in fault_records(events))
     said = any(e.get("kind", "").startswith("backup_") for e in events)
+    why = [e.get("reason") for e in events if e.get("kind") == "backup_not_launched"]
+    if why and not any(e.get("kind") == "backup_launched" for e in events):
+        return f"no backup instance was launched: {why[0]}"
     if slowed and not said:
         return (f"backend.backup_workers=true with a straggler, but no backup instance was launched and the PS "
                 f"recorded no reason (consistency={cfg.backend.get('consistency')})")

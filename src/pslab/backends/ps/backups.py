@@ -22,7 +22,7 @@ class Backups:
         self.tasks: dict[int, dict] = {}          # straggler -> {backup, batches, t}
         self.launched = 0
         self.wins = {"backup": 0, "straggler": 0}
-        self.reason_logged = False
+        self.reason_logged = None                 # the epoch a missing backup was explained in
         if enabled and str(coord.cfg.backend.consistency) == "bsp":
             coord.rec.event("backup_unsupported", reason="backup instances need SSP or ASP: in BSP every clock "
                             "waits for every lane, so a copy of a lane cannot run ahead of it")
@@ -66,7 +66,7 @@ class Backups:
         live = c.membership.workers
         busy = set(self.tasks) | {t["backup"] for t in self.tasks.values()}
         idle = [x for x in live if x not in busy and led.left(x) == 0 and x in led.queue]
-        if len(live) < 2 or not idle:
+        if len(live) < 2:
             return
         for s in sorted(live, key=led.left, reverse=True):
             if s in busy or s in c.membership.demoted:
@@ -75,6 +75,9 @@ class Backups:
             median = others[len(others) // 2] if others else 0.0
             rows_left = c.plan.rows_of(led.queue[s][led.taken.get(s, 0):])
             if rows_left < self.min_rows or led.progress_of(s) * self.factor >= median:
+                return
+            if not idle:
+                self.no_idle_worker(s, median)
                 return
             x = max(idle, key=lambda y: c.worker_clock.get(y, 0))
             copy = list(led.queue[s][led.taken.get(s, 0):])
@@ -89,3 +92,17 @@ class Backups:
                 c.publish(c.membership.next(demoted=list(c.membership.demoted) + [s]))
             c.hand_out({x: copy}, copy_of=s)
             return
+
+    def no_idle_worker(self, straggler: int, median: float) -> None:
+        """A straggler with no idle worker to copy it: say why, once an epoch."""
+        c = self.c
+        if self.reason_logged == c.epoch:
+            return
+        self.reason_logged = c.epoch
+        why = "no worker has run out of batches"
+        if str(c.cfg.backend.consistency) == "ssp":
+            why += (f": under SSP the staleness bound (backend.staleness={int(c.cfg.backend.staleness)}) holds the "
+                    f"other workers back until the straggler catches up, so none runs dry before it; use "
+                    f"backend.consistency=asp for backup instances to start")
+        c.rec.event("backup_not_launched", straggler=straggler, progress=round(c.ledger.progress_of(straggler), 4),
+                    median_progress=round(median, 4), reason=why)
