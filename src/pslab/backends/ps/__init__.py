@@ -10,6 +10,7 @@ each (after ps-lite's split of transport / request tracking / retries):
     membership   the rank layout and the live membership (data the coordinator changes)
     client       pull / push / wait(ts) with timeouts, re-routing after a failover
     consistency  BSP / SSP / ASP clock rules and the staleness served
+    rangeclocks  BSP clocks kept per key range (a range inherited mid-clock stays exact)
     applied      per-range records of the batches applied (exactly-once)
     server       the key ranges' rows and the optimizer; server_ctrl its control messages
     forward      primary-backup replication: forwards, snapshots, both ends
