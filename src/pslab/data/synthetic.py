@@ -108,8 +108,9 @@ def block_args(cfg, block_rows: int) -> tuple[dict, dict]:
     if truth not in ("lr", "fm"):
         raise DataError(f"data.truth={truth!r}: must be lr or fm")
     alpha, n_keys, nnz = num("alpha", 1.0), num("n_keys", 1 << 22, int), num("nnz", 39, int)
-    if alpha <= 0 or n_keys < 1 or nnz < 1:
-        raise DataError(f"data.alpha={alpha}, data.n_keys={n_keys}, data.nnz={nnz}: must be positive")
+    if alpha < 0 or n_keys < 1 or nnz < 1:  # alpha 0: uniform popularity (the scalability experiment's)
+        raise DataError(f"data.alpha={alpha}, data.n_keys={n_keys}, data.nnz={nnz}: alpha must be >= 0, "
+                        f"n_keys and nnz >= 1")
     args = dict(rows=block_rows, nnz=nnz, n_keys=n_keys, alpha=alpha, seed=num("seed", 0, int), truth=truth,
                 bias=num("bias", -1.5))
     if cfg.get("positive_rate") is not None:
