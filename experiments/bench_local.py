@@ -39,6 +39,7 @@ from pslab.data.synthetic import make_block  # noqa: E402
 from pslab.metrics import predict  # noqa: E402
 from pslab.models import make_model  # noqa: E402
 from pslab.optim import make_optimizer  # noqa: E402
+from pslab.optim import divisor  # noqa: E402
 from pslab.store import DenseTable, apply_gradient  # noqa: E402
 
 BITS = 22
@@ -59,7 +60,7 @@ def train_pslab(model, train: Rows, batch: int, opt):
     for a in range(0, len(train), batch):
         b = dedupe(train.slice(a, min(len(train), a + batch)))
         _, grad = model.loss_grad(b, table.gather(b.uniq))
-        apply_gradient(table, b.uniq, grad / len(b))
+        apply_gradient(table, b.uniq, grad / divisor(table.opt, len(b)))
     return time.perf_counter() - t, table
 
 

@@ -16,7 +16,7 @@ from pslab.backends.ps.membership import Layout
 from pslab.config import load_config
 from pslab.models import make_model
 from pslab.observe import Recorder
-from pslab.optim import make_optimizer
+from pslab.optim import divisor, make_optimizer
 
 RNG = np.random.default_rng(0)
 KEYS64 = RNG.integers(0, 2**64 - 2, 200_000, dtype=np.uint64)
@@ -260,7 +260,7 @@ class RefServer:
                 w0 = self.model.init_rows(np.array([k], np.uint64))
                 self.rows[k] = (w0[0], self.opt.init_state(w0)[0])
             w, st = self.rows[k][0][None].copy(), self.rows[k][1][None].copy()
-            self.opt.update(w, st, (g / rows)[None].astype(np.float32))
+            self.opt.update(w, st, (g / divisor(self.opt, rows))[None].astype(np.float32))
             self.rows[k] = (w[0], st[0])
 
 

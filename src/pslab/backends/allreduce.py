@@ -72,6 +72,7 @@ import time
 import numpy as np
 
 from ..data.rows import Deduper
+from ..optim import divisor
 from ..store import apply_gradient, make_table, take_rows
 from .common import Setup, save_model
 from .elastic import Plan, digest, error_name, is_failure, recover, same_everywhere, split_batch, world_ranks
@@ -457,7 +458,7 @@ class Trainer:
         if n_rows != sum(counts):
             raise RuntimeError(f"step {self.step + 1}: ranks sent {n_rows} rows, the plan says {sum(counts)}")
         with self.rec.acct.timed("compute"):
-            g /= np.float32(n_rows)
+            g /= np.float32(divisor(self.s.opt, n_rows))
             apply_gradient(self.table, union, g)
         self.last_update = (union, g)
         self.plan.commit(counts)

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..data import Rows
 from ..schedule import Stream
+from ..optim import divisor
 from ..store import apply_gradient, make_table
 from .common import Setup, save_model
 
@@ -33,7 +34,7 @@ def run(cfg, comm, rec, make_injector) -> dict:
             t0 = time.perf_counter()
             with rec.acct.timed("compute"):
                 keys, loss, grad = s.gradient(rows, table.gather)
-                apply_gradient(table, keys, grad / len(rows))
+                apply_gradient(table, keys, grad / divisor(s.opt, len(rows)))
             step_times.append(time.perf_counter() - t0)
             step += 1
             examples += len(rows)

@@ -117,6 +117,14 @@ class FTRL:
         return (w == 0) & (np.abs(g) <= self._l1)
 
 
+def divisor(opt, rows: int):
+    """What a step's summed gradient is divided by before `update`: the adaptive
+    optimizers' `batch` (their settings are per example, so a step of fewer rows, the end
+    of an epoch, a survivor's share after a failure, one worker's push under SSP/ASP, is a
+    part of a batch, not a batch of its own), SGD's actual rows (the minibatch mean)."""
+    return getattr(opt, "batch", None) or rows
+
+
 def check_batch(batch) -> int:
     b = int(batch)
     if b <= 0:

@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 from ...models import make_model
-from ...optim import make_optimizer
+from ...optim import divisor, make_optimizer
 from ...store import SparseTable, apply_gradient
 from . import checkpoint as ckpt
 from . import protocol as P
@@ -152,8 +152,9 @@ class Server(ServerControl):
     def apply(self, parts: list[tuple], acks: list[P.Msg], clock: int | None = None,
               ranges: list[int] | None = None) -> None:
         """One update from push parts [(msg, ranges to apply)]: their gradient rows in those
-        ranges, each part divided by its div (parts that share one are summed first, so a
-        fault-free BSP clock is exactly sum / rows), then forwarded to the backups (BSP:
+        ranges, each part divided by its div (optim.divisor: the adaptive optimizers' batch,
+        SGD's planned rows; parts that share one are summed first, so a fault-free BSP clock
+        is exactly sum / rows), then forwarded to the backups (BSP:
         with the clock and its ranges); `acks` are acknowledged once the backups hold it."""
         by_div: dict[int, list] = {}
         n = self.membership.n_ranges
@@ -165,7 +166,7 @@ class Server(ServerControl):
                 keep = in_ranges(keys, use, n)
                 keys, vals = keys[keep], vals[keep]
             if len(keys):
-                by_div.setdefault(m.div, []).append((keys, vals))
+                by_div.setdefault(divisor(self.opt, m.div), []).append((keys, vals))
         touched = []
         with self.rec.acct.timed("compute"):
             for div, kv in sorted(by_div.items()):

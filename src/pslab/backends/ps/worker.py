@@ -29,6 +29,7 @@ from collections import deque
 
 import numpy as np
 
+from ...optim import divisor
 from ...schedule import read_segments
 from ...store import KeyIndex
 from . import protocol as P
@@ -257,7 +258,7 @@ class Worker:
             grown[: len(self.kkt_resid)] = self.kkt_resid
             self.kkt_resid = grown
         grad += self.kkt_resid[slots]
-        drop = self.s.opt.kkt_zero(w, grad / rows).all(axis=1)
+        drop = self.s.opt.kkt_zero(w, grad / divisor(self.s.opt, rows)).all(axis=1)
         self.kkt_resid[slots] = np.where(drop[:, None], grad, 0.0)
         self.kkt_total += len(drop)
         self.kkt_kept += int((~drop).sum())
