@@ -14,10 +14,11 @@ they mean in McMahan et al. (2013). `batch` is the number of rows the mean gradi
 taken over (train.batch_size: a step of local, allreduce and PS BSP); rather than scaling
 every gradient by it, the settings that carry a gradient unit are divided by it once.
 With that, a key seen once in a batch moves as it would in a one-example-at-a-time
-learner, and a frequent key's per-coordinate rate still normalizes its batch sums. SGD
-keeps the textbook minibatch step on the batch mean. (PS servers under SSP/ASP apply each
-worker's push alone, a mean over B/W rows: there the settings act as if the gradients
-were W times larger, i.e. beta, L1, L2 and AdaGrad's prior W times weaker.)
+learner, and a frequent key's per-coordinate rate still normalizes its batch sums. Every
+backend divides a step's summed gradient by `batch` (`divisor`), also when the step has
+fewer rows (an epoch's tail, survivors after an elastic shrink, one worker's push under
+SSP/ASP): such a step is part of a batch, and its rows count as much as any others. SGD
+keeps the textbook minibatch step on the mean over the step's rows.
 """
 from __future__ import annotations
 
