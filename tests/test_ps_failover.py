@@ -193,26 +193,18 @@ def test_backup_workers_ignored_in_bsp(launch):
 
 
 @pytest.mark.slow
-def test_two_server_kills_at_different_steps_r2_without_checkpoints(launch):
-    ev = ("faults.events=[{action:kill,target:{role:server,index:0},at:{step:10}},"
-          "{action:kill,target:{role:server,index:2},at:{step:25}}]")
-    run = ok(launch(7, "backend=ps", "backend.servers=3", "backend.replication=2", "model=lr", "data=criteo_sample",
-                    "faults=kill_one_server", ev, deadline=DEADLINE))
+@pytest.mark.parametrize("servers,steps", [(3, (10, 25)), (4, (15, 15))], ids=["3-servers-apart", "4-servers-at-once"])
+def test_two_server_kills_r2_without_checkpoints(launch, servers, steps):
+    # servers 0 and 2: one after the other (3 servers), or at once (4 servers, where they
+    # share no range: ranges sit on neighbours 0-1, 1-2, 2-3, 3-0)
+    ev = (f"faults.events=[{{action:kill,target:{{role:server,index:0}},at:{{step:{steps[0]}}}}},"
+          f"{{action:kill,target:{{role:server,index:2}},at:{{step:{steps[1]}}}}}]")
+    run = ok(launch(4 + servers, "backend=ps", f"backend.servers={servers}", "backend.replication=2", "model=lr",
+                    "data=criteo_sample", "faults=kill_one_server", ev, deadline=DEADLINE))
     assert run["failures_detected"] == 2 and len(run["failovers"]) == 2
     exactly_once(run)
-    assert len(run["rereplications"]) >= 2  # the first failure's ranges got their second copy back
+    assert len(run["rereplications"]) >= 2  # the ranges got their second copy back
     assert all(r["bytes"] > 0 and r["time_s"] >= 0 for r in run["rereplications"])
-
-
-@pytest.mark.slow
-def test_two_kills_of_disjoint_ranges_at_the_same_step_r2(launch):
-    # 4 servers, R=2: servers 0 and 2 share no range (ranges sit on neighbours 0-1, 1-2, 2-3, 3-0)
-    ev = ("faults.events=[{action:kill,target:{role:server,index:0},at:{step:15}},"
-          "{action:kill,target:{role:server,index:2},at:{step:15}}]")
-    run = ok(launch(8, "backend=ps", "backend.servers=4", "backend.replication=2", "model=lr", "data=criteo_sample",
-                    "faults=kill_one_server", ev, deadline=DEADLINE))
-    assert run["failures_detected"] == 2
-    exactly_once(run)
 
 
 @pytest.mark.slow
