@@ -100,7 +100,6 @@ class WorkLedger:
         self.queue: dict[int, list[int]] = {}     # worker -> batch ids given this epoch, in order
         self.taken: dict[int, int] = {}           # worker -> how many of its queue it has started
         self.acked: set[int] = set()              # batches every server acknowledged
-        self.copies: dict[int, int] = {}          # backup worker -> the straggler it copies
         self.handed_over = 0                      # rows of batches re-dealt after a failure
 
     def assign(self, epoch: int, skip: int, n: int, workers: list[int]) -> dict[int, list[int]]:
@@ -114,7 +113,6 @@ class WorkLedger:
             mine[workers[j % len(workers)]].append(lane[skip:skip + n])
         self.queue = {w: _interleave(ls) for w, ls in mine.items()}
         self.taken = {w: 0 for w in workers}
-        self.copies = {}
         return self.queue
 
     def on_report(self, w: int, taken: int | None, acked) -> None:
