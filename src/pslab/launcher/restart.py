@@ -150,6 +150,7 @@ def run_attempts(cfg, n: int, overrides: list[str], job_dir: Path, run_attempt, 
         attempts.append({"attempt": i, "status": s["status"], "reason": s.get("reason"), "ranks": ranks,
                          "start_step": (started or {}).get("step", (started or {}).get("clock", 0)),
                          "resume_from": str(resume) if resume else None, "wall_s": round(t_end - t_launch, 3),
+                         "t_launch": round(t_launch, 3), "t_end": round(t_end, 3),
                          "faults_injected": s.get("faults_injected", 0), "dir": str(adir)})
         tls.append(timeline(events, read_json(adir / "result.json"), t_launch, t_end))
         summaries.append(s)
