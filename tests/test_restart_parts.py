@@ -119,7 +119,7 @@ def test_timeline_reads_the_records():
 # ------------------------------------------------------------------ the step watchdog
 
 def beat(d, rank, n, in_collective):
-    (d / "ranks" / f"rank-{rank}.beat.json").write_text(json.dumps({"n": n, "in_collective": in_collective}))
+    (d / "ranks" / f"beat-{rank}.json").write_text(json.dumps({"n": n, "in_collective": in_collective}))
 
 
 @pytest.mark.parametrize("peers, hang", [

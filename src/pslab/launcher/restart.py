@@ -199,6 +199,8 @@ def job_summary(job_dir: Path, summaries: list[dict], attempts: list[dict], tls:
         s[k] = sum(int(x.get(k) or 0) for x in summaries)
     s["injected"] = [{**f, "attempt": a["attempt"]} for x, a in zip(summaries, attempts) for f in x.get("injected", [])]
     s["recovery_s"] = [r for x in summaries for r in x.get("recovery_s") or []]
+    if s.get("hazard"):  # hazard failure times are on the job's clock (jobstate.py): all attempts' count
+        s["failure_times_s"] = sorted(t for x in summaries for t in x.get("failure_times_s") or [])
     s["killed_pids_dead"] = all(x.get("killed_pids_dead", True) for x in summaries)
     s["rank_pids_alive"] = sorted({p for x in summaries for p in x.get("rank_pids_alive") or []})
     if s["status"] == "failed":
