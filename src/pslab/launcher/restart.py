@@ -43,12 +43,15 @@ RESTART_RANKS = ("same", "survivors")
 MIN_ATTEMPT_S = 10.0  # an attempt given less time than this could not even start: the job stops
 
 
-def check_restart_flags(max_restarts: int, restart_ranks: str) -> None:
+def check_restart_flags(max_restarts: int, restart_ranks: str, cfg=None) -> None:
     if max_restarts < 0:
         raise Invalid(f"--max-restarts {max_restarts}: must be >= 0 (restarts after a failed attempt; 0: none)")
     if restart_ranks not in RESTART_RANKS:
         raise Invalid(f"--restart-ranks {restart_ranks}: choose same (all N ranks again) or survivors "
                       "(the ranks not known dead)")
+    if cfg is not None and restart_ranks == "survivors" and cfg.backend.name == "ps":
+        raise Invalid("--restart-ranks survivors: backend=ps resumes a checkpoint only with as many workers as "
+                      "took it (its batches are numbered per worker lane); use --restart-ranks same")
 
 
 def latest_checkpoint(job_dir: Path, upto: int) -> Path | None:
@@ -102,8 +105,8 @@ def survivors_layout(cfg, ranks: int) -> str | None:
     b = cfg.backend
     if ranks < 1:
         return "no rank is left"
-    if b.name == "ps" and ranks < int(b.servers) + 2:
-        return f"backend=ps with backend.servers={b.servers} needs {int(b.servers) + 2} ranks"
+    if b.name == "local" and ranks != 1:
+        return "backend=local runs one rank"
     return None
 
 
