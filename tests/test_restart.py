@@ -72,9 +72,11 @@ def test_hang_is_ended_by_the_step_watchdog_within_its_timeout_and_restarted(lau
     timeouts = attempt_events(run, 0, "step_timeout")
     assert timeouts and 3 in timeouts[0]["stale_ranks"]
     first = min(e["t"] for e in timeouts)
-    assert 10 <= first - hang["t"] <= 10 + 3  # the watchdog acted after step_timeout_s, not much later
+    # the watchdog acted step_timeout_s after its rank entered step 17's collective (a little
+    # before the hung rank, done with step 16, recorded its fault), and not much later
+    assert 10 - 1 <= first - hang["t"] <= 10 + 3
     assert s["attempt_list"][0]["t_end"] - hang["t"] <= 10 + 10  # and the attempt was over a few s after
-    assert 10 <= s["detect_s"] <= 13
+    assert 10 - 1 <= s["detect_s"] <= 10 + 3
     assert s["killed_pids_dead"] and s["rank_pids_alive"] == []
     assert_all_gone(run)
 
