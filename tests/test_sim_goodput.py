@@ -16,7 +16,7 @@ from pslab.sim.hazard import ConstantHazard, WeibullHazard
 from pslab.sim.presets import preset, young_daly_interval_s
 
 COSTS = Costs(startup_s=30.0, checkpoint_s=20.0, restart_s=60.0, detect_kill_s=10.0, detect_hang_s=100.0,
-              recovery_s=5.0, rereplication_s=50.0)
+              recovery_s=5.0, rereplication_s=50.0, finish_s=15.0)
 
 
 def _within(mc: np.ndarray, exact: float, k: float = 4.0):

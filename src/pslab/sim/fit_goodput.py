@@ -21,7 +21,10 @@ How each cost is fitted (sums over trials, so a trial counts by its events):
   kills / hangs (detection differs by mechanism: MPI's abort, ULFM, the step watchdog,
   the PS heartbeat timeout);
 - recovery_s: median of the measured recoveries (elastic shrink; PS failover);
-- rereplication_s: median of the PS's measured re-replications.
+- rereplication_s: median of the PS's measured re-replications;
+- finish_s: what the wall time of a successful trial holds beyond the modelled parts
+  (wall - productive - redone - startup - checkpoint - restart - detect - recoveries:
+  final evaluation, writing results, teardown), median, at least 0.
 Each is fitted per contender; a contender without the events falls back to its family
 (classic allreduce = scratch + ckpt_restart; allreduce = those + elastic), then to all
 trials, then to DEFAULT_COSTS, and `sources` records which.
@@ -48,7 +51,7 @@ from .hazard import hazard_from_dict
 # a relaunch of 4 ranks ~2 s) and pslab's configured timeouts (PS heartbeat 5 s; a step
 # watchdog of 10 s as the goodput check runs it). Documented as defaults wherever used.
 DEFAULT_COSTS = {"startup_s": 2.0, "checkpoint_s": 0.05, "restart_s": 1.0, "detect_kill_s": 0.1,
-                 "detect_hang_s": 10.0, "recovery_s": 0.08, "rereplication_s": 0.1}
+                 "detect_hang_s": 10.0, "recovery_s": 0.08, "rereplication_s": 0.1, "finish_s": 0.0}
 FAMILIES = {"scratch": ("scratch", "ckpt_restart"), "ckpt_restart": ("scratch", "ckpt_restart"),
             "elastic": ("scratch", "ckpt_restart", "elastic"), "ps": ("ps",)}
 
@@ -133,6 +136,15 @@ def _estimators():
             return (float(np.median(v)), len(v)) if v else (None, 0)
         return f
 
+    def residual(ts):
+        parts = ("productive_s", "redone_s", "startup_s", "checkpoint_s", "restart_s", "detect_s")
+        r = []
+        for t in ts:
+            if t["status"] != "succeeded" or _num(t, "wall_s") is None or _num(t, "productive_s") is None:
+                continue
+            r.append(_num(t, "wall_s") - sum(_num(t, k) or 0.0 for k in parts) - sum(_list(t, "recovery_s")))
+        return (max(0.0, float(np.median(r))), len(r)) if r else (None, 0)
+
     attempts = lambda t: _num(t, "attempts")  # noqa: E731
     relaunches = lambda t: None if attempts(t) is None else attempts(t) - 1  # noqa: E731
     return {
@@ -143,6 +155,7 @@ def _estimators():
         "detect_hang_s": detect("hang"),
         "recovery_s": median("recovery_s"),
         "rereplication_s": median("rereplication_s"),
+        "finish_s": residual,
     }
 
 

@@ -60,7 +60,8 @@ from .hazard import ConstantHazard, Hazard
 from .job import wilson_interval
 
 CONTENDERS = ("scratch", "ckpt_restart", "elastic", "ps")
-COMPONENTS = ("startup_s", "train_s", "checkpoint_s", "restart_s", "detect_s", "recovery_s", "redone_s")
+COMPONENTS = ("startup_s", "train_s", "checkpoint_s", "restart_s", "detect_s", "recovery_s", "redone_s",
+              "finish_s")
 _WINDOWS = 32         # open re-replication windows kept per trial (the oldest is dropped when full)
 _EPS = 1e-9
 
@@ -76,6 +77,7 @@ class Costs:
     detect_hang_s: float = 0.0    # freeze to detection (watchdog, heartbeat timeout)
     recovery_s: float = 0.0       # elastic shrink; PS worker failover / replica promotion
     rereplication_s: float = 0.0  # PS: a spare server holds a copy again
+    finish_s: float = 0.0         # after the last step: final evaluation, results, teardown
 
     def __post_init__(self):
         for k, v in self.__dict__.items():
@@ -147,7 +149,8 @@ class GoodputJob:
     def failure_free_wall_s(self) -> float:
         c = self.checkpoint_interval_s
         n_ckpt = 0 if not c else max(0, math.ceil(self.work_s / c - _EPS) - 1)
-        return self.costs.startup_s + self.work_s + n_ckpt * self.costs.checkpoint_s
+        c = self.costs
+        return c.startup_s + self.work_s + n_ckpt * c.checkpoint_s + c.finish_s
 
 
 # --------------------------------------------------------------------------- results
@@ -311,6 +314,8 @@ def simulate_goodput(job: GoodputJob, trials: int = 2000, rng=None,
         fin = running & (t_fin <= t_e)
         comp["train_s"][fin] += (need - ck_end)[fin]
         comp["checkpoint_s"][fin] += ck_end[fin]
+        comp["finish_s"][fin] = c.finish_s
+        t_fin = t_fin + c.finish_s  # the last step is done: failures no longer matter
         if tau and C > 0:
             n_ckpts[fin] += (ck_end / C)[fin]
         wall[fin], ok[fin] = t_fin[fin], True
@@ -428,19 +433,20 @@ def expected_wall_exponential(work_s: float, rate_per_s: float, costs: Costs,
     there is no deadline. Every failure costs D = detection + restart_s unexposed, then an
     exposed start-up; work is cut into segments of tau + C (the last without checkpoint).
     The first segment needs startup + L_1 uninterrupted; a later one first tries L_i, and
-    after a failure needs startup + L_i. This is Daly's renewal argument, for this model."""
+    after a failure needs startup + L_i; `finish_s` comes once at the end. This is Daly's
+    renewal argument, for this model."""
     lam, c = float(rate_per_s), costs
     D = (c.detect_kill_s if detect_s is None else detect_s) + c.restart_s
     tau = checkpoint_interval_s
     if not tau:
-        return _block(c.startup_s + work_s, lam, D)
+        return _block(c.startup_s + work_s, lam, D) + c.finish_s
     m = max(1, math.ceil(work_s / tau - _EPS))
     lengths = [tau + c.checkpoint_s] * (m - 1) + [work_s - (m - 1) * tau]
     total = _block(c.startup_s + lengths[0], lam, D)
     for L in lengths[1:]:
         p_fail = -math.expm1(-lam * L)
         total += p_fail / lam + p_fail * (D + _block(c.startup_s + L, lam, D))
-    return total
+    return total + c.finish_s
 
 
 def daly_wall(work_s: float, mtbf_s: float, checkpoint_s: float, restart_s: float,
@@ -471,11 +477,11 @@ def scratch_expected_wall(work_s: float, hazard: Hazard, units: float, costs: Co
     if log_p < -700:
         return math.inf
     if isinstance(hazard, ConstantHazard):
-        return _block(B, units * hazard.rate_per_s, D)
+        return _block(B, units * hazard.rate_per_s, D) + costs.finish_s
     alive, _ = integrate.quad(lambda s: math.exp(-units * float(hazard.cumulative_hazard(s))), 0.0, B,
                               limit=200)
     p = math.exp(log_p)
-    return (alive + (1.0 - p) * D) / p
+    return (alive + (1.0 - p) * D) / p + costs.finish_s
 
 
 def ps_range_loss_probability(unit_rate_per_s: float, partners: int, window_s: float) -> float:
