@@ -58,7 +58,7 @@ def settings(overrides=()) -> dict:
         key, _, value = o.partition("=")
         if not key.startswith("sim.") or not _:
             raise ValueError(f"override {o!r}: expected sim.KEY=VALUE")
-        if key[4:] not in base:
+        if key[4:].split(".")[0] not in base:
             raise ValueError(f"override {o!r}: no key {key[4:]!r} in {path} (known: {', '.join(base)})")
         dots.append(f"{key[4:]}={value}")
     cfg = OmegaConf.to_container(OmegaConf.merge(base, OmegaConf.from_dotlist(dots)))
@@ -101,7 +101,24 @@ def _daly_ettr(job) -> tuple[float | None, float]:
     return job.work_s / (c.startup_s + daly_wall(job.work_s, m, c.checkpoint_s, restart, tau)), m
 
 
+def with_overrides(cost_map: dict, overrides: dict | None, label: str) -> tuple[dict, str]:
+    """Every contender's costs with `overrides` ({cost: seconds}) applied; the label says so."""
+    if not overrides:
+        return cost_map, label
+    from dataclasses import fields, replace
+    known = {f.name for f in fields(Costs)}
+    bad = sorted(set(overrides) - known)
+    if bad:
+        raise ValueError(f"sim.costs: unknown cost(s) {bad}; known: {sorted(known)}")
+    text = ", ".join(f"{k}={v:g}" for k, v in sorted(overrides.items()))
+    return ({c: replace(v, **{k: float(x) for k, x in overrides.items()}) for c, v in cost_map.items()},
+            f"{label}, overridden: {text}")
+
+
 def scale_curves(cfg: dict, cost_map: dict, cost_label: str = "") -> dict:
+    """ETTR (and success rate, Monte Carlo error, Young/Daly interval, Daly's closed form,
+    the job MTBF) for every contender, size and preset of `cfg` (see `settings`)."""
+    cost_map, cost_label = with_overrides(cost_map, cfg.get("costs"), cost_label)
     rng = np.random.default_rng(cfg.get("seed", 0))
     work = float(cfg["job_hours"]) * 3600.0
     ns = [int(n) for n in cfg["workers"]]
@@ -154,7 +171,9 @@ def crossovers(pc: dict, ns: list[int]) -> dict:
 
 
 def _pct(x) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.1f}%"
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    return f"{100 * x:.2f}%" if x >= 0.99 else f"{100 * x:.1f}%"
 
 
 def _hours(s) -> str:
@@ -165,26 +184,29 @@ def _hours(s) -> str:
 
 def conclusion(curves: dict) -> str:
     """One sentence with the numbers: ETTR of the four contenders at the largest size under
-    the first preset (llama3 when drawn), and where elastic / the PS overtake
-    checkpoint-restart under every preset."""
+    the main preset (llama3 when drawn), and from which size elastic allreduce and the PS
+    stay ahead of checkpoint-restart under each preset, and by how much at the largest."""
     presets = curves.get("presets") or {}
     if not presets:
         return "no simulated curves"
     main = "llama3" if "llama3" in presets else next(iter(presets))
     pc, n = presets[main], curves["workers"][-1]
     e = {c: pc["contenders"][c]["ettr"][-1] for c in CONTENDERS}
+    tau = pc["young_daly_interval_s"][-1]
     cross = []
     for c in ("ps", "elastic"):
-        parts = [f"{pc2['crossover'][c]:,} ({name})" if pc2["crossover"][c] else f"never ({name})"
-                 for name, pc2 in presets.items()]
-        cross.append(f"{SHORT[c]} from " + ", ".join(parts))
+        x = pc["crossover"][c]
+        others = ", ".join(f"{p2['crossover'][c]:,} {name}" if p2["crossover"][c] else f"never {name}"
+                           for name, p2 in presets.items() if name != main)
+        gap = 100 * (e[c] - e["ckpt_restart"])
+        cross.append(f"{SHORT[c]} {'from ' + format(x, ',') + ' workers on' if x else 'never'}"
+                     f"{' (' + others + ')' if others else ''}, {gap:+.2f} points at {n:,}")
     return (f"Simulated {curves['job_hours']:g} h jobs of {n:,} workers under {main}'s failure law (a job "
-            f"failure every {_hours(pc['mtbf_s'][-1])}): checkpoint-restart at the Young/Daly interval "
-            f"({_hours(pc['young_daly_interval_s'][-1]) if pc['young_daly_interval_s'][-1] else 'none'}) keeps "
-            f"an ETTR of {_pct(e['ckpt_restart'])}, elastic allreduce {_pct(e['elastic'])}, the PS with R=2 "
-            f"{_pct(e['ps'])} and restarting from scratch {_pct(e['scratch'])}; beating checkpoint-restart "
-            f"by more than the Monte Carlo error from that many workers on: {'; '.join(cross)} "
-            f"[{curves['cost_label']}].")
+            f"failure every {_hours(pc['mtbf_s'][-1])}; {curves['cost_label']}): checkpoint-restart at the "
+            f"Young/Daly interval ({_hours(tau) if tau else 'none'}) keeps an ETTR of {_pct(e['ckpt_restart'])}, "
+            f"elastic allreduce {_pct(e['elastic'])}, the PS with R=2 {_pct(e['ps'])} and restarting from "
+            f"scratch {_pct(e['scratch'])}; ahead of checkpoint-restart by more than the Monte Carlo error: "
+            f"{'; '.join(cross)}.")
 
 
 def write_curves(curves: dict, root=None) -> Path:
