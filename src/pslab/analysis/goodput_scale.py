@@ -28,7 +28,7 @@ from ..sim import anchors as A
 from ..sim.contenders import contender_job, fatal_mtbf_s
 from ..sim.fit_goodput import DEFAULT_COSTS, fit_costs, read_trials
 from ..sim.goodput import CONTENDERS, Costs, daly_wall, scratch_expected_wall, simulate_goodput
-from ..sim.presets import NAMES, preset
+from ..sim.presets import preset
 from .io import read_json, repo_root, results_root, write_json_atomic
 
 CURVES_FILE = ("sim", "goodput_scale.json")

@@ -297,4 +297,4 @@ def calibrate(runs: list[dict], hazard_kind: str | None = None) -> Calibration:
     return Calibration(fits, hazard, source)
 
 
-from .fit_goodput import CostFit, fit_costs  # noqa: E402  (the goodput model's costs)
+from .fit_goodput import CostFit, fit_costs  # noqa: E402,F401  (re-exported: the goodput model's costs)

@@ -92,8 +92,18 @@ def _num(t: dict, key: str):
 
 
 def _list(t: dict, key: str) -> list[float]:
+    """Numbers of a list field; entries may also be records with their time in 'time_s'
+    or 'seconds' (as summary.json's `rereplications` are)."""
     v = t.get(key)
-    return [float(x) for x in v if isinstance(x, (int, float))] if isinstance(v, list) else []
+    if not isinstance(v, list):
+        return []
+    out = []
+    for x in v:
+        if isinstance(x, dict):
+            x = x.get("time_s", x.get("seconds"))
+        if isinstance(x, (int, float)) and math.isfinite(x):
+            out.append(float(x))
+    return out
 
 
 def hazard_action(t: dict) -> tuple[float | None, str | None]:
@@ -263,9 +273,11 @@ def cells(trials: list[dict], fit: CostFit) -> list[Cell]:
         ts = groups[key]
         contender, ranks = key[0], key[1]
         t0 = ts[0]
-        hz = hazard_from_dict({k: v for k, v in (t0.get("hazard") or {}).items()
-                               if k in ("kind", "rate_per_s", "shape", "scale_s")} or None)
         hang, _ = hazard_action(t0)
+        slow = (t0.get("hazard") or {}).get("action") == "slow"
+        # a 'slow' hazard makes stragglers, not failures: nothing for this model to fail
+        hz = None if slow else hazard_from_dict({k: v for k, v in (t0.get("hazard") or {}).items()
+                                                 if k in ("kind", "rate_per_s", "shape", "scale_s")} or None)
         workers = int(_median(t.get("workers") for t in ts) or ranks)
         servers = int(_median(t.get("servers") for t in ts) or 0) if contender == "ps" else 0
         if contender == "ps" and servers < 1:
@@ -286,5 +298,8 @@ def cells(trials: list[dict], fit: CostFit) -> list[Cell]:
                          deadline_s=_median(t.get("deadline_s") for t in ts),
                          max_faults=None if h.get("max_faults") is None else int(h["max_faults"]),
                          **_exposure(t0, contender, workers, servers))
-        out.append(Cell(key, ts, job, {"work": work_note, "checkpoint_interval": tau_note, "restarts": r_note}))
+        notes = {"work": work_note, "checkpoint_interval": tau_note, "restarts": r_note}
+        if slow:
+            notes["hazard"] = "action 'slow': stragglers, simulated without failures"
+        out.append(Cell(key, ts, job, notes))
     return out

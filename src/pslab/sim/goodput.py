@@ -26,8 +26,9 @@ What a failure does is what pslab implements:
   have one copy left, held by its `min(2, live)` partner units (the ring neighbours of
   `ranges.initial_map`); a failure of a partner inside a window loses ranges. With no
   spare server left (live < R) the window never closes. A lost range is restored from
-  the last complete checkpoint (the work since then is redone) or, without one, ends the
-  attempt; so do the death of the coordinator and of the last server or worker. The
+  the last complete checkpoint or, without one, ends the attempt (pslab trains on and
+  counts the lost rows in `lost_updates`; here they are work to redo, since their effect
+  on the model is gone); so do the death of the coordinator and of the last server or worker. The
   launcher may relaunch as for the others.
 
 Units start aging when their attempt's ranks are launched: a relaunch brings fresh ranks
