@@ -144,3 +144,15 @@ def test_young_daly_interval_follows_each_contenders_fatal_failures():
     elastic = contender_job("elastic", 16384, p, COSTS, 86400.0 * 400)
     assert fatal_mtbf_s(elastic) == pytest.approx(p.job_mtbf_s(16384) * 2048)   # rank 0's host only
     assert contender_job("scratch", 16384, p, COSTS, 86400.0).checkpoint_interval_s is None
+
+
+def test_the_job_clock_fires_each_rank_slot_once():
+    """pslab's injector: one failure time per rank on the job's up-time clock; a relaunch
+    brings the slot back, but its fault has fired. So at most N failures per job, and
+    scratch always finishes given N relaunches, which fresh ranks would not."""
+    hz = ConstantHazard(0.05)
+    job = GoodputJob("scratch", 4, 60.0, hz, COSTS.__class__(restart_s=1.0), max_restarts=4, clock="job")
+    r = simulate_goodput(job, 2000, rng=8)
+    assert r.per_trial["failures"].max() <= 4 and r.success_rate == 1.0
+    fresh = simulate_goodput(job.with_(clock="attempt"), 2000, rng=8)
+    assert fresh.success_rate < 0.5 and fresh.per_trial["failures"].max() >= 5

@@ -17,9 +17,11 @@ COSTS = Costs(startup_s=1.5, checkpoint_s=0.2, restart_s=0.8, detect_kill_s=0.3,
               recovery_s=0.1, rereplication_s=0.4, finish_s=2.0)
 RATE = 4e-3
 STEPS = 400
+HANG = 0.3
+ROLES = ["worker", "server"]   # pslab's default: the PS coordinator is not at risk
 
 
-def trials_from_model(job: GoodputJob, n: int, rng, action="kill") -> list[dict]:
+def trials_from_model(job: GoodputJob, n: int, rng) -> list[dict]:
     """n trials of `job` as experiments/goodput.py writes them."""
     r = simulate_goodput(job, n, rng)
     p = r.per_trial
@@ -33,26 +35,31 @@ def trials_from_model(job: GoodputJob, n: int, rng, action="kill") -> list[dict]
             "contender": job.contender, "ranks": ranks, "workers": job.workers, "servers": job.servers,
             "seed": i, "status": "succeeded" if r.succeeded[i] else "failed",
             "ettr": float(r.ettr[i]) if r.succeeded[i] else None, "attempts": int(p["restarts"][i]) + 1,
-            "wall_s": float(r.wall_s[i]), "productive_s": float(p["train_s"][i] - p["redone_s"][i]),
+            "wall_s": float(r.wall_s[i]), "job_wall_s": float(p["job_wall_s"][i]),
+            "productive_s": float(p["train_s"][i] - p["redone_s"][i]),
             **{k: float(p[k][i]) for k in ("checkpoint_s", "restart_s", "redone_s", "detect_s", "startup_s",
-                                           "train_s")},
-            "faults_injected": fails, "failures_detected": fails, "checkpoint_every": every,
+                                           "train_s", "finish_s")},
+            "faults_injected": fails, "failures_detected": int(p["detected"][i]), "checkpoint_every": every,
             "checkpoints": int(round(p["checkpoints"][i])), "steps": STEPS, "max_restarts": job.max_restarts,
             "recovery_s": [job.costs.recovery_s] * recov,
             "rereplication_s": [job.costs.rereplication_s] * int(r.server_failures[i]),
-            "hazard": {"kind": "constant", "rate_per_s": RATE, "action": action, "roles": ["worker", "server",
-                                                                                          "coordinator"],
-                       "exclude_ranks": []},
+            "hazard": {"kind": "constant", "rate_per_s": RATE, "actions": {"kill": 1 - job.hang_fraction,
+                                                                            "hang": job.hang_fraction},
+                       "roles": ROLES, "exclude_ranks": []},
             "run_dir": f"runs/goodput/{job.contender}-{ranks}-{i}"})
     return out
 
 
 def _fixture(rng) -> list[dict]:
+    """The goodput experiment's setting in small: pslab's injector (the job clock), a 70/30
+    kill/hang mix with different detection delays, hangs fenced, rank 0 at risk."""
     hz = ConstantHazard(RATE)
-    jobs = [GoodputJob("scratch", 4, 60.0, hz, COSTS, max_restarts=3),
-            GoodputJob("ckpt_restart", 8, 60.0, hz, COSTS, checkpoint_interval_s=6.0, max_restarts=3),
-            GoodputJob("elastic", 8, 60.0, hz, COSTS, checkpoint_interval_s=6.0, max_restarts=2),
-            GoodputJob("ps", 5, 60.0, hz, COSTS, servers=2, checkpoint_interval_s=6.0, max_restarts=2)]
+    common = dict(hang_fraction=HANG, clock="job", fence_hangs=True)
+    jobs = [GoodputJob("scratch", 4, 60.0, hz, COSTS, max_restarts=3, **common),
+            GoodputJob("ckpt_restart", 8, 60.0, hz, COSTS, checkpoint_interval_s=6.0, max_restarts=3, **common),
+            GoodputJob("elastic", 8, 60.0, hz, COSTS, checkpoint_interval_s=6.0, max_restarts=2, **common),
+            GoodputJob("ps", 5, 60.0, hz, COSTS, servers=2, checkpoint_interval_s=6.0, max_restarts=2,
+                       first_at_risk=False, **common)]
     return [t for j in jobs for t in trials_from_model(j, 40, rng)]
 
 
@@ -64,23 +71,31 @@ def trials_file(tmp_path_factory):
 
 
 def test_costs_are_fitted_from_the_trials(trials_file):
-    fit = fit_costs(read_trials(trials_file))
+    trials = read_trials(trials_file)
+    fit = fit_costs(trials)
     for c in ("ckpt_restart", "elastic", "ps"):
         got = fit.costs[c]
         assert got.startup_s == pytest.approx(COSTS.startup_s)
         assert got.restart_s == pytest.approx(COSTS.restart_s)
-        assert got.detect_kill_s == pytest.approx(COSTS.detect_kill_s)
+        # the trials mix kills and hangs: detection is their mean (per detected failure), for both
+        own = [t for t in trials if t["contender"] == c]
+        mean = sum(t["detect_s"] for t in own) / sum(t["failures_detected"] for t in own)
+        assert got.detect_kill_s == got.detect_hang_s == pytest.approx(mean)
+        assert "mix" in fit.sources[c]["detect_kill_s"]
         # an interrupted checkpoint's time counts, not the checkpoint: slightly above C
         assert COSTS.checkpoint_s * (1 - 1e-9) <= got.checkpoint_s < 1.2 * COSTS.checkpoint_s
         assert "measured" in fit.sources[c]["checkpoint_s"]
+    mix = (1 - HANG) * COSTS.detect_kill_s + HANG * COSTS.detect_hang_s
+    pooled = sum(t["detect_s"] for t in trials) / sum(t["failures_detected"] for t in trials)
+    assert pooled == pytest.approx(mix, rel=0.15)
     assert fit.costs["elastic"].recovery_s == pytest.approx(COSTS.recovery_s)
     assert fit.costs["ps"].rereplication_s == pytest.approx(COSTS.rereplication_s)
-    assert fit.costs["scratch"].finish_s == pytest.approx(COSTS.finish_s)   # the wall time's residual
-    assert fit.sources["ps"]["detect_hang_s"].startswith("default")   # no trial hangs
+    assert fit.costs["scratch"].finish_s == pytest.approx(COSTS.finish_s)
     cs = cells(read_trials(trials_file), fit)
     assert [c.job.contender for c in cs] == ["scratch", "ckpt_restart", "elastic", "ps"]
     ps = cs[-1].job
-    assert (ps.servers, ps.workers, ps.first_at_risk, ps.max_restarts) == (2, 5, True, 2)
+    assert (ps.servers, ps.workers, ps.first_at_risk, ps.max_restarts) == (2, 5, False, 2)
+    assert ps.clock == "job" and ps.hang_fraction == pytest.approx(HANG)
     assert ps.checkpoint_interval_s == pytest.approx(6.0) and ps.work_s == pytest.approx(60.0)
 
 

@@ -84,7 +84,8 @@ def _point(job, trials, rng) -> dict:
     if job.contender == "scratch":
         d = (1 - job.hang_fraction) * job.costs.detect_kill_s + job.hang_fraction * job.costs.detect_hang_s
         wall = scratch_expected_wall(job.work_s, job.hazard, job.layout()["fatal"], job.costs, d)
-        return {"ettr": 0.0 if not math.isfinite(wall) else job.work_s / wall, "success": 1.0, "se": 0.0}
+        job_wall = wall - job.costs.startup_s - job.costs.finish_s   # ETTR's denominator
+        return {"ettr": 0.0 if not math.isfinite(wall) else job.work_s / job_wall, "success": 1.0, "se": 0.0}
     r = simulate_goodput(job, trials, rng)
     e = r.ettr[r.succeeded]
     return {"ettr": r.ettr_pooled, "success": r.success_rate,
@@ -97,8 +98,8 @@ def _daly_ettr(job) -> tuple[float | None, float]:
     if not tau or not math.isfinite(m):
         return None, m
     c = job.costs
-    restart = c.startup_s + c.restart_s + (1 - job.hang_fraction) * c.detect_kill_s + job.hang_fraction * c.detect_hang_s
-    return job.work_s / (c.startup_s + daly_wall(job.work_s, m, c.checkpoint_s, restart, tau)), m
+    restart = c.restart_s + (1 - job.hang_fraction) * c.detect_kill_s + job.hang_fraction * c.detect_hang_s
+    return job.work_s / daly_wall(job.work_s, m, c.checkpoint_s, restart, tau), m
 
 
 def with_overrides(cost_map: dict, overrides: dict | None, label: str) -> tuple[dict, str]:

@@ -14,17 +14,19 @@ startup_s, train_s, failures_detected, checkpoint_every, checkpoints, recovery_s
 rereplication_s [..], hazard {kind, rate_per_s | shape, scale_s, action, roles,
 exclude_ranks, max_faults, ranks_per_host}, max_restarts, deadline_s, steps.
 
-How each cost is fitted (sums over trials, so a trial counts by its events):
-- startup_s: startup_s / attempts;   checkpoint_s: checkpoint_s / checkpoints;
-- restart_s: restart_s / (attempts - 1) over trials that relaunched;
+How each cost is fitted (as pslab.launcher.ettr measures the parts; sums over trials, so a
+trial counts by its events):
+- startup_s: mean start-up (first launch to the first training step, once per job);
+- finish_s: mean teardown after the result of the successful trials (`finish_s`; else
+  wall_s - job_wall_s - startup_s);
+- checkpoint_s: checkpoint_s / checkpoints;
+- restart_s: restart_s / (attempts - 1) over trials that relaunched (detection to training
+  again: relaunch, start-up, checkpoint loading);
 - detect_kill_s / detect_hang_s: detect_s / failures_detected over trials whose hazard
-  kills / hangs (detection differs by mechanism: MPI's abort, ULFM, the step watchdog,
-  the PS heartbeat timeout);
+  only kills / only hangs; a hazard that mixes both gives their mean, used for both
+  (the trials do not say which failure took how long);
 - recovery_s: median of the measured recoveries (elastic shrink; PS failover);
-- rereplication_s: median of the PS's measured re-replications;
-- finish_s: what the wall time of a successful trial holds beyond the modelled parts
-  (wall - productive - redone - startup - checkpoint - restart - detect - recoveries:
-  final evaluation, writing results, teardown), median, at least 0.
+- rereplication_s: median of the PS's measured re-replications.
 Each is fitted per contender; a contender without the events falls back to its family
 (classic allreduce = scratch + ckpt_restart; allreduce = those + elastic), then to all
 trials, then to DEFAULT_COSTS, and `sources` records which.
@@ -146,26 +148,35 @@ def _estimators():
             return (float(np.median(v)), len(v)) if v else (None, 0)
         return f
 
-    def residual(ts):
-        parts = ("productive_s", "redone_s", "startup_s", "checkpoint_s", "restart_s", "detect_s")
-        r = []
-        for t in ts:
-            if t["status"] != "succeeded" or _num(t, "wall_s") is None or _num(t, "productive_s") is None:
-                continue
-            r.append(_num(t, "wall_s") - sum(_num(t, k) or 0.0 for k in parts) - sum(_list(t, "recovery_s")))
-        return (max(0.0, float(np.median(r))), len(r)) if r else (None, 0)
+    def mean(key):
+        return lambda ts: _ratio(ts, lambda t: _num(t, key), lambda t: 1.0 if _num(t, key) is not None else None)
+
+    def finish(ts):
+        ts = [t for t in ts if t["status"] == "succeeded"]  # a failed job has no result to tear down after
+        v, n = mean("finish_s")(ts)
+        if v is not None:
+            return v, n
+        r = [_num(t, "wall_s") - _num(t, "job_wall_s") - (_num(t, "startup_s") or 0.0) for t in ts
+             if _num(t, "wall_s") is not None and _num(t, "job_wall_s") is not None]
+        return (max(0.0, float(np.mean(r))), len(r)) if r else (None, 0)
+
+    def detect_any(action):
+        def f(ts):
+            v, n = detect(action)(ts)
+            return (v, n) if v is not None else detect("mixed")(ts)
+        return f
 
     attempts = lambda t: _num(t, "attempts")  # noqa: E731
     relaunches = lambda t: None if attempts(t) is None else attempts(t) - 1  # noqa: E731
     return {
-        "startup_s": lambda ts: _ratio(ts, lambda t: _num(t, "startup_s"), attempts),
+        "startup_s": mean("startup_s"),
         "checkpoint_s": lambda ts: _ratio(ts, lambda t: _num(t, "checkpoint_s"), lambda t: _num(t, "checkpoints")),
         "restart_s": lambda ts: _ratio(ts, lambda t: _num(t, "restart_s"), relaunches),
-        "detect_kill_s": detect("kill"),
-        "detect_hang_s": detect("hang"),
+        "detect_kill_s": detect_any("kill"),
+        "detect_hang_s": detect_any("hang"),
         "recovery_s": median("recovery_s"),
         "rereplication_s": median("rereplication_s"),
-        "finish_s": residual,
+        "finish_s": finish,
     }
 
 
@@ -191,6 +202,10 @@ def fit_costs(trials: list[dict]) -> CostFit:
                     break
             else:
                 vals[key], src[key] = DEFAULT_COSTS[key], "default (no trial measures it)"
+        for key, action in (("detect_kill_s", "kill"), ("detect_hang_s", "hang")):
+            pure = any(hazard_action(t)[1] == action for t in fam or trials)
+            if not pure and src[key].startswith("measured"):
+                src[key] += ": the mean over the hazard's kill/hang mix"
         costs[c], sources[c] = Costs(**vals), src
     return CostFit(costs, sources)
 
@@ -263,8 +278,12 @@ def _exposure(t: dict, contender: str, workers: int, servers: int) -> dict:
     return {"first_at_risk": first, "spared_workers": sw, "spared_servers": ss}
 
 
-def cells(trials: list[dict], fit: CostFit) -> list[Cell]:
-    """The measured cells, each with the GoodputJob that simulates its conditions."""
+def cells(trials: list[dict], fit: CostFit, meta: dict | None = None) -> list[Cell]:
+    """The measured cells, each with the GoodputJob that simulates its conditions: pslab's
+    injector (one failure time per rank slot on the job's clock, `clock="job"`), hangs
+    fenced by the step watchdog (every rank on one machine), and the relaunch limit of
+    the trials (`max_restarts`), else of the experiment's meta.json, else the most seen."""
+    meta = meta or {}
     groups: dict[tuple, list] = {}
     for t in trials:
         groups.setdefault(cell_key(t), []).append(t)
@@ -285,11 +304,12 @@ def cells(trials: list[dict], fit: CostFit) -> list[Cell]:
         work, work_note = _work_s(ts)
         tau, tau_note = _interval_s(ts, work) if contender != "scratch" else (None, "scratch")
         max_r = _median(t.get("max_restarts") for t in ts)
+        r_note = "max_restarts of the trials"
+        if max_r is None and isinstance(meta.get("max_restarts"), int):
+            max_r, r_note = meta["max_restarts"], "max_restarts of meta.json"
         if max_r is None:
             max_r = max(int(t.get("attempts") or 1) for t in ts) - 1
             r_note = "max_restarts not recorded: the most relaunches seen"
-        else:
-            r_note = "max_restarts recorded"
         h = t0.get("hazard") or {}
         job = GoodputJob(contender, workers, work, hz, fit.costs[contender],
                          ranks_per_host=int(h.get("ranks_per_host") or 1), hang_fraction=hang or 0.0,
@@ -297,6 +317,7 @@ def cells(trials: list[dict], fit: CostFit) -> list[Cell]:
                          replication=int(_median(t.get("replication") for t in ts) or 2) if contender == "ps" else 2,
                          deadline_s=_median(t.get("deadline_s") for t in ts),
                          max_faults=None if h.get("max_faults") is None else int(h["max_faults"]),
+                         clock="job", fence_hangs=bool(h.get("fence_hangs", True)),
                          **_exposure(t0, contender, workers, servers))
         notes = {"work": work_note, "checkpoint_interval": tau_note, "restarts": r_note}
         if slow:

@@ -1,24 +1,30 @@
 """Goodput (ETTR) of a training job under failures, for the four contenders pslab runs.
 
-ETTR (effective training time ratio, Kokolis et al.) = productive time / wall time, where
-the unproductive part is launch and restart overhead, detection delay, recovery, work
-redone since the last checkpoint, and checkpoint overhead. A job needs `work_s` seconds of
+ETTR (effective training time ratio, Kokolis et al.) = productive time / the job's wall
+time from its first training step to its result (pslab.launcher.ettr: the first start-up
+and the teardown after the result are outside the ratio), where the unproductive part is
+relaunch overhead, detection delay, recovery pauses, work redone since the last
+checkpoint, and checkpoint overhead. A job needs `work_s` seconds of
 failure-free training; its ranks fail in *units* (a rank, or a host of `ranks_per_host`
 ranks) drawn from a per-unit hazard; a failure crashes the unit (kill) or freezes it
 (hang, with probability `hang_fraction`), which changes how long detection takes.
 What a failure does is what pslab implements:
 
 - "scratch": classic MPI allreduce resubmitted from scratch: any failure ends the attempt;
-  after the detection delay the launcher relaunches (`restart_s`, then `startup_s`) and
-  the job starts over (`--max-restarts K` without checkpoints).
+  after the detection delay the launcher relaunches (`restart_s`, from the detection to
+  training again, the new ranks' start-up included) and the job starts over
+  (`--max-restarts K` without checkpoints).
 - "ckpt_restart": the same with `backend.checkpoint_every`: every `checkpoint_interval_s`
   of work a checkpoint stops training for `checkpoint_s`; a relaunch resumes from the last
   complete checkpoint (a failure during a checkpoint loses that checkpoint).
 - "elastic": ULFM shrink. A crashed rank other than rank 0 costs the detection delay plus
   `recovery_s` and the job goes on with its host's ranks fewer (at the survivors' rate).
-  Rank 0's host is a single point of failure, and a hung rank is never reported by MPI:
-  the step watchdog ends the job. Either ends the attempt, and the launcher's
-  `--max-restarts` relaunches all ranks from the latest checkpoint (or from scratch).
+  Rank 0's host is a single point of failure. MPI never reports a hung rank: the step
+  watchdog finds it after `detect_hang_s` and fences it (SIGKILL by pid) when a live rank
+  shares its host (`fence_hangs`: true on one machine, false when a unit is a whole
+  host), and the job shrinks as after a crash; otherwise it aborts. An abort or rank 0's
+  death ends the attempt, and the launcher's `--max-restarts` relaunches all ranks from
+  the latest checkpoint (or from scratch).
 - "ps": the parameter server with R = 1 or 2 copies of each key range. A dead worker
   costs detection plus `recovery_s` (its batches go to the others); a dead server costs
   detection plus `recovery_s` (a backup of each of its ranges is promoted) and opens a
@@ -31,10 +37,13 @@ What a failure does is what pslab implements:
   on the model is gone); so do the death of the coordinator and of the last server or worker. The
   launcher may relaunch as for the others.
 
-Units start aging when their attempt's ranks are launched: a relaunch brings fresh ranks
-(exact for a constant hazard; for a Weibull, each attempt is a new job, as in the tables
-the Weibull presets come from). The hazard clock runs through start-up, not through the
-detection delay and the launcher's pause. Work goes at alive_workers / workers of the
+Hazard clocks (`clock`): "attempt" (the at-scale default): a relaunch brings fresh units
+whose clocks start with their ranks (exact for a constant hazard; for a Weibull, each
+attempt is a new job, as in the tables the Weibull presets come from). "job" (what
+pslab's injector does, pslab.faults.jobstate, so what the measured cells are simulated
+with): one failure time per rank slot on the job's up-time clock, which stops while the
+job is down between attempts; a slot whose fault fired never fails again. Either way the
+clock runs through start-up, not through the launcher's pause. Work goes at alive_workers / workers of the
 full rate; Kokolis' ETTR counts such slower training as productive, so productive =
 training time minus the training later redone.
 
@@ -71,14 +80,20 @@ _EPS = 1e-9
 class Costs:
     """What each mechanism costs, in seconds (fitted by pslab.sim.calibrate.fit_goodput)."""
 
-    startup_s: float = 0.0        # launch to the first step, every attempt
+    startup_s: float = 0.0        # first launch to the first step (outside ETTR)
     checkpoint_s: float = 0.0     # one checkpoint (training waits)
-    restart_s: float = 0.0        # the launcher's relaunch after a detected failure
+    restart_s: float = 0.0        # detection that ended an attempt to training again (relaunch,
+                                  #   the new ranks' start-up, loading the checkpoint)
     detect_kill_s: float = 0.0    # crash to detection
     detect_hang_s: float = 0.0    # freeze to detection (watchdog, heartbeat timeout)
     recovery_s: float = 0.0       # elastic shrink; PS worker failover / replica promotion
     rereplication_s: float = 0.0  # PS: a spare server holds a copy again
-    finish_s: float = 0.0         # after the last step: final evaluation, results, teardown
+    finish_s: float = 0.0         # after the result: teardown (outside ETTR)
+
+    @property
+    def relaunch_exposed_s(self) -> float:
+        """The part of a relaunch during which the new ranks run (their start-up)."""
+        return min(self.startup_s, self.restart_s)
 
     def __post_init__(self):
         for k, v in self.__dict__.items():
@@ -106,7 +121,9 @@ class GoodputJob:
     first_at_risk: bool = True            # rank 0 (allreduce) / the coordinator (PS) can fail
     spared_workers: int = 0               # other ranks a measured hazard left out
     spared_servers: int = 0
-    max_faults: int | None = None         # per attempt (the injector's cap)
+    max_faults: int | None = None         # the injector's cap: per attempt, or per job ('job' clock)
+    clock: str = "attempt"                # "attempt": fresh units per attempt; "job": pslab's injector
+    fence_hangs: bool = False             # elastic: a live rank on the hung rank's host fences it
 
     def __post_init__(self):
         if self.contender not in CONTENDERS:
@@ -122,6 +139,8 @@ class GoodputJob:
             raise ValueError("checkpoint_interval_s must be > 0 (or None)")
         if not 0.0 <= self.hang_fraction <= 1.0 or self.ranks_per_host < 1:
             raise ValueError("need 0 <= hang_fraction <= 1 and ranks_per_host >= 1")
+        if self.clock not in ("attempt", "job"):
+            raise ValueError(f"clock must be 'attempt' or 'job', got {self.clock!r}")
 
     def with_(self, **changes) -> "GoodputJob":
         return replace(self, **changes)
@@ -173,7 +192,7 @@ class GoodputResult:
     wall_s: np.ndarray = field(repr=False)
     succeeded: np.ndarray = field(repr=False)
     server_failures: np.ndarray = field(repr=False)
-    per_trial: dict = field(repr=False, default_factory=dict)  # COMPONENTS, failures, restarts, checkpoints
+    per_trial: dict = field(repr=False, default_factory=dict)  # COMPONENTS, failures, detected, restarts, ...
 
     @property
     def ettr_pooled(self) -> float:
@@ -183,7 +202,7 @@ class GoodputResult:
         if not ok.any():
             return float("nan")
         p = self.per_trial
-        return float((p["train_s"][ok] - p["redone_s"][ok]).sum() / self.wall_s[ok].sum())
+        return float((p["train_s"][ok] - p["redone_s"][ok]).sum() / p["job_wall_s"][ok].sum())
 
 
 # --------------------------------------------------------------------------- units
@@ -200,6 +219,11 @@ class _Units:
         self.start = np.zeros(trials)
         self.next = np.full(trials, np.inf)
         self.reset(np.ones(trials, dtype=bool), np.zeros(trials))
+
+    def pause(self, mask, gap):
+        """The clock stops for `gap` seconds (the job is down): later failures move later."""
+        self.start[mask] += gap[mask]
+        self.next[mask] += gap[mask]
 
     def reset(self, mask, t0):
         self.left[mask] = self.n
@@ -293,6 +317,7 @@ def simulate_goodput(job: GoodputJob, trials: int = 2000, rng=None,
     restarts = np.zeros(n, dtype=np.int64)
     losses = np.zeros(n, dtype=np.int64)
     n_ckpts = np.zeros(n)
+    spent_n = np.zeros(n, dtype=np.int64)   # faults that fired in a dying attempt: never detected
     comp = {k: np.zeros(n) for k in COMPONENTS}
     comp["startup_s"][:] = c.startup_s
     win_end = np.full((n, _WINDOWS), -np.inf)
@@ -347,8 +372,8 @@ def simulate_goodput(job: GoodputJob, trials: int = 2000, rng=None,
         hang = rng.random(n) < job.hang_fraction
         d = np.where(hang, c.detect_hang_s, c.detect_kill_s)
         end = is_f.copy()
-        if elastic:
-            end |= is_w & hang                     # a hung rank: only the watchdog sees it
+        if elastic and not job.fence_hangs:
+            end |= is_w & hang                     # a hung rank: the watchdog can only abort
             shrink = is_w & ~hang
         else:
             shrink = is_w
@@ -394,12 +419,27 @@ def simulate_goodput(job: GoodputJob, trials: int = 2000, rng=None,
             comp["redone_s"][again] += ((x - base) / r)[again]
             x[again] = base[again]
             comp["restart_s"][again] += c.restart_s
-            comp["startup_s"][again] += c.startup_s
-            t0 = t_e + d + c.restart_s
-            t[again] = (t0 + c.startup_s)[again]
-            for u in (fatal, workers, servers):
-                u.reset(again, t0)
-            alive[again], live_srv[again], faults[again] = W, srv_units, 0
+            gap = c.restart_s - c.relaunch_exposed_s    # the job is down; then the new ranks start
+            t[again] = (t_e + d + c.restart_s)[again]
+            if job.clock == "job":
+                # faults due while the attempt was dying fire in it and are spent
+                dying = t_e + d
+                for u in (fatal, workers, servers):
+                    while True:
+                        spent = again & (u.next <= dying)
+                        if not spent.any():
+                            break
+                        failures[spent] += 1
+                        spent_n[spent] += 1
+                        faults[spent] += 1
+                        u.fired(spent)
+                    u.pause(again, np.full(n, gap))
+            else:
+                for u in (fatal, workers, servers):
+                    u.reset(again, t_e + d + gap)
+            alive[again], live_srv[again] = W, srv_units
+            if job.clock == "attempt":
+                faults[again] = 0
             win_end[again], win_k[again] = -np.inf, 0.0
             restarts[again] += 1
             left[again] -= 1
@@ -408,14 +448,15 @@ def simulate_goodput(job: GoodputJob, trials: int = 2000, rng=None,
     if job.deadline_s is not None:
         ok &= wall <= job.deadline_s
     productive = comp["train_s"] - comp["redone_s"]
-    ettr = np.where(ok, productive / np.where(wall > 0, wall, np.nan), np.nan)
+    job_wall = wall - c.startup_s - c.finish_s   # first step to the result
+    ettr = np.where(ok, productive / np.where(job_wall > 0, job_wall, np.nan), np.nan)
     k = int(ok.sum())
     mean = (lambda a: float(a[ok].mean()) if k else float("nan"))
     return GoodputResult(n, k, k / n, wilson_interval(k, n), mean(ettr), mean(wall),
                          float(failures.mean()), float(restarts.mean()), int(losses.sum()),
                          {key: mean(v) for key, v in comp.items()}, ettr, wall, ok, srv_fail,
                          {**comp, "failures": failures, "restarts": restarts, "checkpoints": n_ckpts,
-                          "range_losses": losses})
+                          "range_losses": losses, "job_wall_s": job_wall, "detected": failures - spent_n})
 
 
 # --------------------------------------------------------------------------- closed forms
@@ -429,25 +470,30 @@ def _block(L, lam, D):
 
 def expected_wall_exponential(work_s: float, rate_per_s: float, costs: Costs,
                               checkpoint_interval_s: float | None, detect_s: float | None = None) -> float:
-    """Exact expected wall time of scratch / ckpt_restart in this model when the job fails
-    at a constant `rate_per_s` (all its units together), relaunches are unlimited and
-    there is no deadline. Every failure costs D = detection + restart_s unexposed, then an
-    exposed start-up; work is cut into segments of tau + C (the last without checkpoint).
-    The first segment needs startup + L_1 uninterrupted; a later one first tries L_i, and
-    after a failure needs startup + L_i; `finish_s` comes once at the end. This is Daly's
-    renewal argument, for this model."""
+    """Exact expected wall time (start-up and teardown included) of scratch / ckpt_restart
+    in this model when the job fails at a constant `rate_per_s` (all its units together,
+    fresh units per attempt), relaunches are unlimited and there is no deadline.
+
+    Work is cut into segments of tau + C (the last without a checkpoint). A segment's first
+    try is F (the first one also holds the start-up); a failure costs D = detection + the
+    relaunch while the job is down, after which startup' + L must run uninterrupted
+    (startup' = Costs.relaunch_exposed_s, exposed), which takes (e^{lam B} - 1)(1/lam + D)
+    on average (a geometric number of tries). Daly's renewal argument, for this model."""
     lam, c = float(rate_per_s), costs
-    D = (c.detect_kill_s if detect_s is None else detect_s) + c.restart_s
+    s_r = c.relaunch_exposed_s
+    D = (c.detect_kill_s if detect_s is None else detect_s) + c.restart_s - s_r
     tau = checkpoint_interval_s
-    if not tau:
-        return _block(c.startup_s + work_s, lam, D) + c.finish_s
-    m = max(1, math.ceil(work_s / tau - _EPS))
-    lengths = [tau + c.checkpoint_s] * (m - 1) + [work_s - (m - 1) * tau]
-    total = _block(c.startup_s + lengths[0], lam, D)
-    for L in lengths[1:]:
-        p_fail = -math.expm1(-lam * L)
-        total += p_fail / lam + p_fail * (D + _block(c.startup_s + L, lam, D))
-    return total + c.finish_s
+    if tau:
+        m = max(1, math.ceil(work_s / tau - _EPS))
+        lengths = [tau + c.checkpoint_s] * (m - 1) + [work_s - (m - 1) * tau]
+    else:
+        lengths = [work_s]
+    total = c.startup_s + c.finish_s
+    for i, L in enumerate(lengths):
+        first = L + (c.startup_s if i == 0 else 0.0)
+        p_fail = -math.expm1(-lam * first)
+        total += p_fail / lam + p_fail * (D + _block(s_r + L, lam, D)) - (c.startup_s if i == 0 else 0.0)
+    return total
 
 
 def daly_wall(work_s: float, mtbf_s: float, checkpoint_s: float, restart_s: float,
@@ -469,20 +515,30 @@ def daly_interval_s(checkpoint_s: float, mtbf_s: float) -> float:
 
 def scratch_expected_wall(work_s: float, hazard: Hazard, units: float, costs: Costs,
                           detect_s: float | None = None) -> float:
-    """Expected wall time of 'scratch' with unlimited relaunches, any hazard: attempts are
-    independent (fresh ranks), each needs startup + work without a failure among `units`
-    units, so E = (E[min(T_fail, B)] + (1 - p) D) / p with p = S(B) (renewal-reward)."""
-    B = costs.startup_s + work_s
-    D = (costs.detect_kill_s if detect_s is None else detect_s) + costs.restart_s
-    log_p = -units * float(hazard.cumulative_hazard(B))
-    if log_p < -700:
+    """Expected wall time of 'scratch' with unlimited relaunches, any hazard, fresh units per
+    attempt: the first attempt needs startup + work without a failure among `units` units,
+    a relaunched one startup' + work (Costs.relaunch_exposed_s); after the first, attempts
+    are independent, so from a relaunch E = (E[min(T_fail, B)] + (1 - S(B)) D) / S(B)
+    (renewal-reward), D = detection + the relaunch while the job is down."""
+    s_r = costs.relaunch_exposed_s
+    D = (costs.detect_kill_s if detect_s is None else detect_s) + costs.restart_s - s_r
+    first, again = costs.startup_s + work_s, s_r + work_s
+
+    def log_s(t):
+        return -units * float(hazard.cumulative_hazard(t))
+
+    def up(t):  # E[min(T_fail, t)]
+        if isinstance(hazard, ConstantHazard):
+            lam = units * hazard.rate_per_s
+            return -math.expm1(-lam * t) / lam
+        return integrate.quad(lambda x: math.exp(log_s(x)), 0.0, t, limit=200)[0]
+
+    if log_s(again) < -700:
         return math.inf
-    if isinstance(hazard, ConstantHazard):
-        return _block(B, units * hazard.rate_per_s, D) + costs.finish_s
-    alive, _ = integrate.quad(lambda s: math.exp(-units * float(hazard.cumulative_hazard(s))), 0.0, B,
-                              limit=200)
-    p = math.exp(log_p)
-    return (alive + (1.0 - p) * D) / p + costs.finish_s
+    p = math.exp(log_s(again))
+    retry = (up(again) + (1.0 - p) * D) / p
+    p0 = math.exp(log_s(first))
+    return up(first) + (1.0 - p0) * (D + retry) + costs.finish_s
 
 
 def ps_range_loss_probability(unit_rate_per_s: float, partners: int, window_s: float) -> float:

@@ -115,7 +115,8 @@ def ettr_mean_interval(values, confidence: float = 0.95, rng=0) -> tuple[float, 
     return float(lo), float(hi)
 
 
-def validate_goodput(trials: list[dict], trials_per_cell: int = 2000, rng=0, fit=None) -> dict:
+def validate_goodput(trials: list[dict], trials_per_cell: int = 2000, rng=0, fit=None,
+                     meta: dict | None = None) -> dict:
     """Simulate every measured goodput cell (pslab.sim.fit_goodput.cells) and check that the
     simulated success rate lies in the cell's Wilson 95% interval and the simulated mean
     ETTR (successful trials) in the bootstrap 95% interval of the measured mean.
@@ -124,7 +125,7 @@ def validate_goodput(trials: list[dict], trials_per_cell: int = 2000, rng=0, fit
     a row: contender, ranks, workers, servers, hazard, checkpoint_interval_s, max_restarts,
     trials, measured_successes, measured_rate, measured_ci, simulated_rate, success_inside,
     measured_ettr_mean, measured_ettr_ci, simulated_ettr_mean, ettr_inside (None: too few
-    measured values), passed, notes."""
+    measured values), passed, notes. meta: the experiment's meta.json (max_restarts)."""
     from dataclasses import asdict
 
     from .fit_goodput import cells, fit_costs
@@ -132,7 +133,7 @@ def validate_goodput(trials: list[dict], trials_per_cell: int = 2000, rng=0, fit
     fit = fit or fit_costs(trials)
     rng = np.random.default_rng(rng)
     rows = []
-    for cell in cells(trials, fit):
+    for cell in cells(trials, fit, meta):
         ts, job = cell.trials, cell.job
         k = sum(t["status"] == "succeeded" for t in ts)
         lo, hi = wilson_interval(k, len(ts))
