@@ -46,8 +46,10 @@ def validate_goodput(trials_dir: Path, trials: int) -> dict:
     """Validate the goodput model on DIR/trials.jsonl; writes DIR/validation.json."""
     from pslab.sim.fit_goodput import read_trials
     from pslab.sim.validate import validate_goodput as run
-    from pslab.analysis.io import read_json
-    report = run(read_trials(trials_dir), trials_per_cell=trials, meta=read_json(Path(trials_dir) / "meta.json"))
+    from pslab.analysis.io import read_json, read_jsonl
+    d = Path(trials_dir)
+    report = run(read_trials(d), trials_per_cell=trials, meta=read_json(d / "meta.json"),
+                 references=read_jsonl(d / "references.jsonl") if (d / "references.jsonl").exists() else None)
     write_json_atomic(Path(trials_dir) / "validation.json", report)
     rows = [{**r, "ettr_ci": r["measured_ettr_ci"]} for r in report["cells"]]
     print(table(rows, ["contender", "ranks", "trials", "measured_successes", "measured_ci", "simulated_rate",

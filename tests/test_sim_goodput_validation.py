@@ -36,12 +36,12 @@ def trials_from_model(job: GoodputJob, n: int, rng) -> list[dict]:
             "seed": i, "status": "succeeded" if r.succeeded[i] else "failed",
             "ettr": float(r.ettr[i]) if r.succeeded[i] else None, "attempts": int(p["restarts"][i]) + 1,
             "wall_s": float(r.wall_s[i]), "job_wall_s": float(p["job_wall_s"][i]),
-            "productive_s": float(p["train_s"][i] - p["redone_s"][i]),
+            "productive_s": float(p["train_s"][i] - p["redone_s"][i]), "pause_s": float(p["recovery_s"][i]),
             **{k: float(p[k][i]) for k in ("checkpoint_s", "restart_s", "redone_s", "detect_s", "startup_s",
                                            "train_s", "finish_s")},
             "faults_injected": fails, "failures_detected": int(p["detected"][i]), "checkpoint_every": every,
             "checkpoints": int(round(p["checkpoints"][i])), "steps": STEPS, "max_restarts": job.max_restarts,
-            "recovery_s": [job.costs.recovery_s] * recov,
+            "recovery_s": [job.costs.recovery_s + job.costs.detect_kill_s] * recov,   # fault to recovered
             "rereplication_s": [job.costs.rereplication_s] * int(r.server_failures[i]),
             "hazard": {"kind": "constant", "rate_per_s": RATE, "actions": {"kill": 1 - job.hang_fraction,
                                                                             "hang": job.hang_fraction},
@@ -116,9 +116,17 @@ def test_validation_fails_on_data_that_contradict_the_model(trials_file):
     report = validate_goodput(slower, trials_per_cell=1000)
     assert report["passed"] == 0 and all(r["ettr_inside"] is False for r in report["cells"])
     # every trial of the checkpoint-restart cell failed: the model cannot explain it
-    broken = [dict(t, status="failed", ettr=None) if t["contender"] == "ckpt_restart" else t for t in trials]
-    rows = {r["contender"]: r for r in validate_goodput(broken, trials_per_cell=1000)["cells"]}
+    broken = [dict(t, status="failed", ettr=0.0, productive_s=0.0) if t["contender"] == "ckpt_restart" else t
+              for t in trials]
+    # the job's length from the fault-free reference run, as experiments/goodput.py records it
+    ref = [{"contender": "ckpt_restart", "ranks": 8, "status": "succeeded", "train_s": 60.0, "steps": STEPS}]
+    rows = {r["contender"]: r for r in validate_goodput(broken, trials_per_cell=1000, references=ref)["cells"]}
     assert rows["ckpt_restart"]["success_inside"] is False and not rows["ckpt_restart"]["passed"]
+    assert rows["ckpt_restart"]["simulated_rate"] > 0.5
+    # without the reference its length is unknown: the cell fails the check and says why
+    rows = {r["contender"]: r for r in validate_goodput(broken, trials_per_cell=200)["cells"]}
+    assert rows["ckpt_restart"]["passed"] is False and "length is unknown" in rows["ckpt_restart"]["notes"]["error"]
+    assert rows["elastic"]["passed"]
 
 
 def test_cli_writes_validation_json(trials_file, capsys):
@@ -150,5 +158,5 @@ def test_bad_trials_are_refused_with_file_line_and_key(tmp_path, line, message):
 
 def test_a_cell_without_the_job_length_is_named():
     t = {"contender": "elastic", "ranks": 4, "status": "failed", "hazard": None}
-    with pytest.raises(ValueError, match="elastic ranks=4: no trial records productive_s"):
-        cells([t], fit_costs([t]))
+    (cell,) = cells([t], fit_costs([t]))
+    assert cell.job is None and "cell elastic ranks=4: no successful trial" in cell.notes["error"]

@@ -290,7 +290,8 @@ def _measured_panels(ax, succ, validation):
         m = np.array([r["measured_rate"] for r in rs])
         ci = np.array([r["measured_ci"] for r in rs])
         succ.errorbar(x, m, yerr=[m - ci[:, 0], ci[:, 1] - m], fmt="o", color=COLORS[c], capsize=3)
-        succ.scatter(x, [r["simulated_rate"] for r in rs], marker="x", s=50, color=COLORS[c], zorder=5)
+        succ.scatter(x, [np.nan if r["simulated_rate"] is None else r["simulated_rate"] for r in rs], marker="x",
+                     s=50, color=COLORS[c], zorder=5)
     passed = sum(r["passed"] for r in validation)
     ax.set_title(f"measured cells (o, 95% CI) vs simulated (x): {passed}/{len(validation)} pass", fontsize=8)
     ax.set_ylabel("mean ETTR of successful trials")

@@ -25,7 +25,8 @@ trial counts by its events):
 - detect_kill_s / detect_hang_s: detect_s / failures_detected over trials whose hazard
   only kills / only hangs; a hazard that mixes both gives their mean, used for both
   (the trials do not say which failure took how long);
-- recovery_s: median of the measured recoveries (elastic shrink; PS failover);
+- recovery_s: the pause from a survived failure's detection to training again (elastic
+  shrink; PS failover): pause_s / the recoveries listed, else their median;
 - rereplication_s: median of the PS's measured re-replications.
 Each is fitted per contender; a contender without the events falls back to its family
 (classic allreduce = scratch + ckpt_restart; allreduce = those + elastic), then to all
@@ -160,6 +161,12 @@ def _estimators():
              if _num(t, "wall_s") is not None and _num(t, "job_wall_s") is not None]
         return (max(0.0, float(np.mean(r))), len(r)) if r else (None, 0)
 
+    def pause(ts):
+        """Pause after a detection per survived failure (the launcher's pause_s over the
+        recoveries listed); else the recoveries' median, which may include detection."""
+        v, n = _ratio(ts, lambda t: _num(t, "pause_s"), lambda t: float(len(_list(t, "recovery_s"))))
+        return (v, n) if v is not None else median("recovery_s")(ts)
+
     def detect_any(action):
         def f(ts):
             v, n = detect(action)(ts)
@@ -174,7 +181,7 @@ def _estimators():
         "restart_s": lambda ts: _ratio(ts, lambda t: _num(t, "restart_s"), relaunches),
         "detect_kill_s": detect_any("kill"),
         "detect_hang_s": detect_any("hang"),
-        "recovery_s": median("recovery_s"),
+        "recovery_s": pause,
         "rereplication_s": median("rereplication_s"),
         "finish_s": finish,
     }
@@ -217,7 +224,7 @@ def fit_costs(trials: list[dict]) -> CostFit:
 class Cell:
     key: tuple           # (contender, ranks, hazard json, checkpoint_every)
     trials: list
-    job: GoodputJob
+    job: GoodputJob | None   # None: the cell cannot be simulated (notes["error"] says why)
     notes: dict
 
 
@@ -231,23 +238,30 @@ def _median(values):
     return float(np.median(v)) if v else None
 
 
-def _work_s(ts: list[dict]) -> tuple[float, str]:
+def _work_s(ts: list[dict], ref: dict | None) -> tuple[float, str]:
+    """The job's failure-free length (first step to result): the fault-free trials'
+    productive time, else the fault-free reference run's training time, else the
+    successful trials' (a failed job's productive time is 0 by definition)."""
     ok = [t for t in ts if t["status"] == "succeeded"]
     clean = [t for t in ok if not t.get("failures_detected")]
-    for label, group in (("fault-free successful trials", clean), ("successful trials", ok), ("all trials", ts)):
-        for key in ("productive_s", "train_s"):
+    groups = [("fault-free successful trials", clean, ("productive_s", "train_s")),
+              ("fault-free reference run", [ref] if ref else [], ("train_s",)),
+              ("successful trials", ok, ("productive_s", "train_s"))]
+    for label, group, keys in groups:
+        for key in keys:
             w = _median(t.get(key) for t in group)
             if w and w > 0:
                 return w, f"median {key} of the {label}"
-    raise ValueError(f"cell {ts[0]['contender']} ranks={ts[0]['ranks']}: no trial records productive_s "
-                     "or train_s, so the job's length is unknown")
+    raise ValueError(f"cell {ts[0]['contender']} ranks={ts[0]['ranks']}: no successful trial records "
+                     "productive_s and no reference run train_s, so the job's length is unknown")
 
 
-def _interval_s(ts: list[dict], work: float) -> tuple[float | None, str]:
+def _interval_s(ts: list[dict], work: float, ref: dict | None) -> tuple[float | None, str]:
     every = ts[0].get("checkpoint_every")
     if not every:
         return None, "no checkpoints"
-    with_steps = [t for t in ts if t.get("steps") and t["status"] == "succeeded"]
+    with_steps = [t for t in ts if t.get("steps") and t["status"] == "succeeded"] or \
+        ([ref] if ref and ref.get("steps") else [])
     if with_steps:
         steps = _median(t["steps"] for t in with_steps)
         return work * float(every) / steps, f"checkpoint_every={every} of {steps:.0f} steps"
@@ -278,49 +292,62 @@ def _exposure(t: dict, contender: str, workers: int, servers: int) -> dict:
     return {"first_at_risk": first, "spared_workers": sw, "spared_servers": ss}
 
 
-def cells(trials: list[dict], fit: CostFit, meta: dict | None = None) -> list[Cell]:
+def cells(trials: list[dict], fit: CostFit, meta: dict | None = None,
+          references: list[dict] | None = None) -> list[Cell]:
     """The measured cells, each with the GoodputJob that simulates its conditions: pslab's
     injector (one failure time per rank slot on the job's clock, `clock="job"`), hangs
     fenced by the step watchdog (every rank on one machine), and the relaunch limit of
-    the trials (`max_restarts`), else of the experiment's meta.json, else the most seen."""
+    the trials (`max_restarts`), else of the experiment's meta.json, else the most seen.
+    references: the experiment's fault-free runs (references.jsonl), for the job's length
+    and steps where the trials lack them."""
     meta = meta or {}
+    refs = {(r.get("contender"), r.get("ranks")): r for r in references or []
+            if r.get("status") == "succeeded"}
     groups: dict[tuple, list] = {}
     for t in trials:
         groups.setdefault(cell_key(t), []).append(t)
     out = []
     for key in sorted(groups, key=lambda k: (CONTENDERS.index(k[0]), k[1], k[2], str(k[3]))):
-        ts = groups[key]
-        contender, ranks = key[0], key[1]
-        t0 = ts[0]
-        hang, _ = hazard_action(t0)
-        slow = (t0.get("hazard") or {}).get("action") == "slow"
-        # a 'slow' hazard makes stragglers, not failures: nothing for this model to fail
-        hz = None if slow else hazard_from_dict({k: v for k, v in (t0.get("hazard") or {}).items()
-                                                 if k in ("kind", "rate_per_s", "shape", "scale_s")} or None)
-        workers = int(_median(t.get("workers") for t in ts) or ranks)
-        servers = int(_median(t.get("servers") for t in ts) or 0) if contender == "ps" else 0
-        if contender == "ps" and servers < 1:
-            raise ValueError(f"cell ps ranks={ranks}: no trial records 'servers'")
-        work, work_note = _work_s(ts)
-        tau, tau_note = _interval_s(ts, work) if contender != "scratch" else (None, "scratch")
-        max_r = _median(t.get("max_restarts") for t in ts)
-        r_note = "max_restarts of the trials"
-        if max_r is None and isinstance(meta.get("max_restarts"), int):
-            max_r, r_note = meta["max_restarts"], "max_restarts of meta.json"
-        if max_r is None:
-            max_r = max(int(t.get("attempts") or 1) for t in ts) - 1
-            r_note = "max_restarts not recorded: the most relaunches seen"
-        h = t0.get("hazard") or {}
-        job = GoodputJob(contender, workers, work, hz, fit.costs[contender],
-                         ranks_per_host=int(h.get("ranks_per_host") or 1), hang_fraction=hang or 0.0,
-                         checkpoint_interval_s=tau, max_restarts=int(max_r), servers=servers,
-                         replication=int(_median(t.get("replication") for t in ts) or 2) if contender == "ps" else 2,
-                         deadline_s=_median(t.get("deadline_s") for t in ts),
-                         max_faults=None if h.get("max_faults") is None else int(h["max_faults"]),
-                         clock="job", fence_hangs=bool(h.get("fence_hangs", True)),
-                         **_exposure(t0, contender, workers, servers))
-        notes = {"work": work_note, "checkpoint_interval": tau_note, "restarts": r_note}
-        if slow:
-            notes["hazard"] = "action 'slow': stragglers, simulated without failures"
-        out.append(Cell(key, ts, job, notes))
+        try:
+            out.append(_cell(key, groups[key], fit, meta, refs))
+        except ValueError as e:  # one cell's missing data must not hide the others
+            out.append(Cell(key, groups[key], None, {"error": str(e)}))
     return out
+
+
+def _cell(key: tuple, ts: list[dict], fit: CostFit, meta: dict, refs: dict) -> Cell:
+    """One measured cell and the GoodputJob of its conditions (ValueError: data missing)."""
+    contender, ranks = key[0], key[1]
+    t0 = ts[0]
+    hang, _ = hazard_action(t0)
+    slow = (t0.get("hazard") or {}).get("action") == "slow"
+    # a 'slow' hazard makes stragglers, not failures: nothing for this model to fail
+    hz = None if slow else hazard_from_dict({k: v for k, v in (t0.get("hazard") or {}).items()
+                                             if k in ("kind", "rate_per_s", "shape", "scale_s")} or None)
+    workers = int(_median(t.get("workers") for t in ts) or ranks)
+    servers = int(_median(t.get("servers") for t in ts) or 0) if contender == "ps" else 0
+    if contender == "ps" and servers < 1:
+        raise ValueError(f"cell ps ranks={ranks}: no trial records 'servers'")
+    ref = refs.get((contender, ranks))
+    work, work_note = _work_s(ts, ref)
+    tau, tau_note = _interval_s(ts, work, ref) if contender != "scratch" else (None, "scratch")
+    max_r = _median(t.get("max_restarts") for t in ts)
+    r_note = "max_restarts of the trials"
+    if max_r is None and isinstance(meta.get("max_restarts"), int):
+        max_r, r_note = meta["max_restarts"], "max_restarts of meta.json"
+    if max_r is None:
+        max_r = max(int(t.get("attempts") or 1) for t in ts) - 1
+        r_note = "max_restarts not recorded: the most relaunches seen"
+    h = t0.get("hazard") or {}
+    job = GoodputJob(contender, workers, work, hz, fit.costs[contender],
+                     ranks_per_host=int(h.get("ranks_per_host") or 1), hang_fraction=hang or 0.0,
+                     checkpoint_interval_s=tau, max_restarts=int(max_r), servers=servers,
+                     replication=int(_median(t.get("replication") for t in ts) or 2) if contender == "ps" else 2,
+                     deadline_s=_median(t.get("deadline_s") for t in ts),
+                     max_faults=None if h.get("max_faults") is None else int(h["max_faults"]),
+                     clock="job", fence_hangs=bool(h.get("fence_hangs", True)),
+                     **_exposure(t0, contender, workers, servers))
+    notes = {"work": work_note, "checkpoint_interval": tau_note, "restarts": r_note}
+    if slow:
+        notes["hazard"] = "action 'slow': stragglers, simulated without failures"
+    return Cell(key, ts, job, notes)

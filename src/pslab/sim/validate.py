@@ -116,7 +116,7 @@ def ettr_mean_interval(values, confidence: float = 0.95, rng=0) -> tuple[float, 
 
 
 def validate_goodput(trials: list[dict], trials_per_cell: int = 2000, rng=0, fit=None,
-                     meta: dict | None = None) -> dict:
+                     meta: dict | None = None, references: list[dict] | None = None) -> dict:
     """Simulate every measured goodput cell (pslab.sim.fit_goodput.cells) and check that the
     simulated success rate lies in the cell's Wilson 95% interval and the simulated mean
     ETTR (successful trials) in the bootstrap 95% interval of the measured mean.
@@ -125,7 +125,8 @@ def validate_goodput(trials: list[dict], trials_per_cell: int = 2000, rng=0, fit
     a row: contender, ranks, workers, servers, hazard, checkpoint_interval_s, max_restarts,
     trials, measured_successes, measured_rate, measured_ci, simulated_rate, success_inside,
     measured_ettr_mean, measured_ettr_ci, simulated_ettr_mean, ettr_inside (None: too few
-    measured values), passed, notes. meta: the experiment's meta.json (max_restarts)."""
+    measured values), passed, notes. meta, references: the experiment's meta.json
+    (max_restarts) and fault-free runs (references.jsonl), where the trials lack them."""
     from dataclasses import asdict
 
     from .fit_goodput import cells, fit_costs
@@ -133,10 +134,17 @@ def validate_goodput(trials: list[dict], trials_per_cell: int = 2000, rng=0, fit
     fit = fit or fit_costs(trials)
     rng = np.random.default_rng(rng)
     rows = []
-    for cell in cells(trials, fit, meta):
+    for cell in cells(trials, fit, meta, references):
         ts, job = cell.trials, cell.job
         k = sum(t["status"] == "succeeded" for t in ts)
         lo, hi = wilson_interval(k, len(ts))
+        if job is None:  # cannot be simulated: a failed check, with the reason
+            rows.append({"contender": cell.key[0], "ranks": cell.key[1], "hazard": ts[0].get("hazard"),
+                         "trials": len(ts), "measured_successes": k, "measured_rate": k / len(ts),
+                         "measured_ci": (lo, hi), "simulated_rate": None, "success_inside": False,
+                         "measured_ettr_mean": None, "measured_ettr_ci": None, "simulated_ettr_mean": None,
+                         "ettr_inside": None, "passed": False, "notes": cell.notes})
+            continue
         sim = simulate_goodput(job, trials_per_cell, rng)
         measured = [t.get("ettr") for t in ts if t["status"] == "succeeded"]
         ci = ettr_mean_interval(measured)
