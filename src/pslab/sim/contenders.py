@@ -10,7 +10,11 @@ Young/Daly interval sqrt(2 C M), M being the mean time between the failures that
 *its* attempts: any failure for classic allreduce; rank 0's host, or a hang anywhere
 (the step watchdog), for elastic allreduce; the coordinator's host for the PS (with
 R = 1 also any server). The PS has `servers_per_worker * workers` servers and one
-coordinator, all exposed to failures like the workers.
+coordinator, all exposed to failures like the workers. The costs are the measured ones,
+carried unchanged: re-replication sends a server's share of the model, so a fixed
+re-replication time means the model grows with the servers (weak scaling), and a
+relaunch of 16,384 ranks is assumed to take what one of 4-16 ranks took (`sim.costs.*`
+overrides either).
 """
 from __future__ import annotations
 
