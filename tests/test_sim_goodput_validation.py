@@ -160,3 +160,20 @@ def test_a_cell_without_the_job_length_is_named():
     t = {"contender": "elastic", "ranks": 4, "status": "failed", "hazard": None}
     (cell,) = cells([t], fit_costs([t]))
     assert cell.job is None and "cell elastic ranks=4: no successful trial" in cell.notes["error"]
+
+
+def test_each_size_gets_the_costs_its_own_trials_measure(trials_file):
+    """Start-up and relaunch grow with the ranks sharing two cores: a 16-rank cell keeps
+    its own costs, not the pool's; a cost its size does not measure comes from the pool."""
+    trials = read_trials(trials_file)
+    big = [dict(t, ranks=16, workers=16, startup_s=2 * t["startup_s"], restart_s=2 * t["restart_s"])
+           for t in trials if t["contender"] == "ckpt_restart"]
+    both = trials + big
+    fit = fit_costs(both)
+    by_size = {c.key[1]: c.job.costs for c in cells(both, fit) if c.key[0] == "ckpt_restart"}
+    assert by_size[8].startup_s == pytest.approx(COSTS.startup_s)
+    assert by_size[16].startup_s == pytest.approx(2 * COSTS.startup_s)
+    assert by_size[16].restart_s == pytest.approx(2 * COSTS.restart_s)
+    assert COSTS.startup_s < fit.costs["ckpt_restart"].startup_s < 2 * COSTS.startup_s   # the pool blurs them
+    pooled = {c.key[1]: c.job.costs for c in cells(both, fit, per_size=False) if c.key[0] == "ckpt_restart"}
+    assert pooled[8] == pooled[16] == fit.costs["ckpt_restart"]

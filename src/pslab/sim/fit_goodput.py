@@ -30,7 +30,9 @@ trial counts by its events):
 - rereplication_s: median of the PS's measured re-replications.
 Each is fitted per contender; a contender without the events falls back to its family
 (classic allreduce = scratch + ckpt_restart; allreduce = those + elastic), then to all
-trials, then to DEFAULT_COSTS, and `sources` records which.
+trials, then to DEFAULT_COSTS, and `sources` records which. A measured cell uses what its
+own size's trials measure first (`size_costs`: on one oversubscribed machine start-up,
+relaunch and detection grow with the ranks), the pooled fit for the rest.
 
 A cell (contender, ranks, hazard, checkpoint_every) fixes the conditions the simulator is
 run under: the work (median productive_s of the successful trials, the fault-free ones
@@ -41,7 +43,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -293,13 +295,14 @@ def _exposure(t: dict, contender: str, workers: int, servers: int) -> dict:
 
 
 def cells(trials: list[dict], fit: CostFit, meta: dict | None = None,
-          references: list[dict] | None = None) -> list[Cell]:
+          references: list[dict] | None = None, per_size: bool = True) -> list[Cell]:
     """The measured cells, each with the GoodputJob that simulates its conditions: pslab's
     injector (one failure time per rank slot on the job's clock, `clock="job"`), hangs
     fenced by the step watchdog (every rank on one machine), and the relaunch limit of
     the trials (`max_restarts`), else of the experiment's meta.json, else the most seen.
     references: the experiment's fault-free runs (references.jsonl), for the job's length
-    and steps where the trials lack them."""
+    and steps where the trials lack them. per_size: each cell's costs from its own size's
+    trials where they measure them (`size_costs`), else `fit` (pooled over sizes)."""
     meta = meta or {}
     refs = {(r.get("contender"), r.get("ranks")): r for r in references or []
             if r.get("status") == "succeeded"}
@@ -309,13 +312,30 @@ def cells(trials: list[dict], fit: CostFit, meta: dict | None = None,
     out = []
     for key in sorted(groups, key=lambda k: (CONTENDERS.index(k[0]), k[1], k[2], str(k[3]))):
         try:
-            out.append(_cell(key, groups[key], fit, meta, refs))
+            costs = size_costs(trials, key[0], key[1], fit) if per_size else None
+            out.append(_cell(key, groups[key], fit, meta, refs, costs))
         except ValueError as e:  # one cell's missing data must not hide the others
             out.append(Cell(key, groups[key], None, {"error": str(e)}))
     return out
 
 
-def _cell(key: tuple, ts: list[dict], fit: CostFit, meta: dict, refs: dict) -> Cell:
+def size_costs(trials: list[dict], contender: str, ranks: int, pooled: CostFit) -> tuple[Costs, dict]:
+    """The costs of `contender` at `ranks` ranks: what its own trials of that size measure,
+    the rest from the pooled fit. On one oversubscribed machine start-up, relaunch and
+    detection grow with the ranks sharing the cores, which a pooled figure would blur."""
+    own = fit_costs([t for t in trials if t["ranks"] == ranks])
+    mine = f"measured on {contender} ("
+    vals, src = {}, {}
+    for key, v in asdict(pooled.costs[contender]).items():
+        if own.sources[contender][key].startswith(mine):
+            vals[key], src[key] = getattr(own.costs[contender], key), own.sources[contender][key] + f" at {ranks} ranks"
+        else:
+            vals[key], src[key] = v, pooled.sources[contender][key]
+    return Costs(**vals), src
+
+
+def _cell(key: tuple, ts: list[dict], fit: CostFit, meta: dict, refs: dict,
+          costs: tuple[Costs, dict] | None = None) -> Cell:
     """One measured cell and the GoodputJob of its conditions (ValueError: data missing)."""
     contender, ranks = key[0], key[1]
     t0 = ts[0]
@@ -339,7 +359,8 @@ def _cell(key: tuple, ts: list[dict], fit: CostFit, meta: dict, refs: dict) -> C
         max_r = max(int(t.get("attempts") or 1) for t in ts) - 1
         r_note = "max_restarts not recorded: the most relaunches seen"
     h = t0.get("hazard") or {}
-    job = GoodputJob(contender, workers, work, hz, fit.costs[contender],
+    cost, cost_src = costs or (fit.costs[contender], fit.sources[contender])
+    job = GoodputJob(contender, workers, work, hz, cost,
                      ranks_per_host=int(h.get("ranks_per_host") or 1), hang_fraction=hang or 0.0,
                      checkpoint_interval_s=tau, max_restarts=int(max_r), servers=servers,
                      replication=int(_median(t.get("replication") for t in ts) or 2) if contender == "ps" else 2,
@@ -347,7 +368,7 @@ def _cell(key: tuple, ts: list[dict], fit: CostFit, meta: dict, refs: dict) -> C
                      max_faults=None if h.get("max_faults") is None else int(h["max_faults"]),
                      clock="job", fence_hangs=bool(h.get("fence_hangs", True)),
                      **_exposure(t0, contender, workers, servers))
-    notes = {"work": work_note, "checkpoint_interval": tau_note, "restarts": r_note}
+    notes = {"work": work_note, "checkpoint_interval": tau_note, "restarts": r_note, "costs": cost_src}
     if slow:
         notes["hazard"] = "action 'slow': stragglers, simulated without failures"
     return Cell(key, ts, job, notes)

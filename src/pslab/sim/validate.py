@@ -116,7 +116,8 @@ def ettr_mean_interval(values, confidence: float = 0.95, rng=0) -> tuple[float, 
 
 
 def validate_goodput(trials: list[dict], trials_per_cell: int = 2000, rng=0, fit=None,
-                     meta: dict | None = None, references: list[dict] | None = None) -> dict:
+                     meta: dict | None = None, references: list[dict] | None = None,
+                     per_size: bool = True) -> dict:
     """Simulate every measured goodput cell (pslab.sim.fit_goodput.cells) and check that the
     simulated success rate lies in the cell's Wilson 95% interval and the simulated mean
     ETTR (successful trials) in the bootstrap 95% interval of the measured mean.
@@ -126,7 +127,10 @@ def validate_goodput(trials: list[dict], trials_per_cell: int = 2000, rng=0, fit
     trials, measured_successes, measured_rate, measured_ci, simulated_rate, success_inside,
     measured_ettr_mean, measured_ettr_ci, simulated_ettr_mean, ettr_inside (None: too few
     measured values), passed, notes. meta, references: the experiment's meta.json
-    (max_restarts) and fault-free runs (references.jsonl), where the trials lack them."""
+    (max_restarts) and fault-free runs (references.jsonl), where the trials lack them.
+    per_size: each cell's costs fitted from its own size's trials first (fit_goodput.size_costs).
+    What is checked is the model of each mechanism (what a failure leads to), given what
+    each part costs at that size."""
     from dataclasses import asdict
 
     from .fit_goodput import cells, fit_costs
@@ -134,7 +138,7 @@ def validate_goodput(trials: list[dict], trials_per_cell: int = 2000, rng=0, fit
     fit = fit or fit_costs(trials)
     rng = np.random.default_rng(rng)
     rows = []
-    for cell in cells(trials, fit, meta, references):
+    for cell in cells(trials, fit, meta, references, per_size):
         ts, job = cell.trials, cell.job
         k = sum(t["status"] == "succeeded" for t in ts)
         lo, hi = wilson_interval(k, len(ts))
