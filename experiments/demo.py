@@ -6,7 +6,9 @@
 The same LR model trained by the local reference, classic MPI allreduce, elastic (ULFM)
 allreduce and the parameter server, once fault-free and once with a worker SIGKILLed
 halfway. Prints one table (status, test AUC, wall time, bytes sent, recovery time) and
-saves it as results/figures/demo.png. Run directories go to runs/demo/.
+saves it as results/figures/demo.png, then the simulator's one-sentence conclusion at
+16,384 workers (results/sim/goodput_scale.json, when experiments/simulate.py has run).
+Run directories go to runs/demo/.
 """
 from __future__ import annotations
 
@@ -70,7 +72,16 @@ def main() -> int:
                   f"auc={fmt(s.get('test_auc'), '.4f')} wall={s['wall_s']:.1f}s", flush=True)
     print_table(rows)
     plot(rows, ROOT / "results" / "figures" / "demo.png")
+    print_at_scale()
     return 0
+
+
+def print_at_scale() -> None:
+    """The simulator's headline (results/sim/goodput_scale.json), when it has been run."""
+    from pslab.analysis.goodput_scale import headline
+    text = headline()
+    print(f"\nat scale (simulated): {text}" if text else
+          "\nat scale: no simulated goodput curves yet (experiments/simulate.py --goodput writes them)")
 
 
 def recovery(s) -> str:

@@ -1,9 +1,20 @@
 """Calibrate the simulator (pslab.sim) on the measured results, validate it, and carry
-the success rate to 10,000 workers (BRIEF section 5, #1; issue 6, the simulator).
+the success rate to 10,000 workers (BRIEF section 5, #1; issue 6, the simulator) and the
+goodput (ETTR) of the four contenders to 16,384 workers (issue 14, the headline).
 
-    .venv/bin/python experiments/simulate.py                  # ~1 min
-    .venv/bin/python experiments/simulate.py --trials 4000    # smoother curves
+    .venv/bin/python experiments/simulate.py                  # all of it, ~2 min
+    .venv/bin/python experiments/simulate.py --trials 4000    # smoother success-rate curves
     .venv/bin/python experiments/simulate.py --job-hours 4    # production regime: 4 h jobs
+    .venv/bin/python experiments/simulate.py --validate results/goodput   # goodput cells only; exit 1 if one fails
+    .venv/bin/python experiments/simulate.py --goodput sim.hazard=llama3 sim.job_hours=48  # headline only
+
+Goodput (pslab.sim.goodput, settings in conf/sim/goodput.yaml, overridden as sim.KEY=VALUE):
+costs fitted from results/goodput/trials.jsonl (pslab.sim.fit_goodput; defaults, said so,
+when there are no trials), every measured cell simulated and checked (validation.json
+next to the trials), then ETTR vs workers under each hazard preset:
+    results/goodput/validation.json  one row per measured goodput cell, pass/fail
+    results/sim/goodput_scale.json   the curves and the one-sentence conclusion
+    results/figures/goodput_scale.png
 
 Reads results/success_rate/ (trials, their fault-free references and run records) and
 results/recovery/ (recovery times), fits the simulator's parameters (pslab.sim.calibrate:
@@ -31,9 +42,44 @@ from pslab.analysis.io import write_json_atomic  # noqa: E402
 from pslab.analysis.tables import table  # noqa: E402
 
 
+def validate_goodput(trials_dir: Path, trials: int) -> dict:
+    """Validate the goodput model on DIR/trials.jsonl; writes DIR/validation.json."""
+    from pslab.sim.fit_goodput import read_trials
+    from pslab.sim.validate import validate_goodput as run
+    from pslab.analysis.io import read_json, read_jsonl
+    d = Path(trials_dir)
+    report = run(read_trials(d), trials_per_cell=trials, meta=read_json(d / "meta.json"),
+                 references=read_jsonl(d / "references.jsonl") if (d / "references.jsonl").exists() else None)
+    write_json_atomic(Path(trials_dir) / "validation.json", report)
+    rows = [{**r, "ettr_ci": r["measured_ettr_ci"]} for r in report["cells"]]
+    print(table(rows, ["contender", "ranks", "trials", "measured_successes", "measured_ci", "simulated_rate",
+                       "measured_ettr_mean", "ettr_ci", "simulated_ettr_mean", "passed"],
+                title="goodput validation: simulated vs measured (95% intervals)"))
+    print(f"[simulate] goodput: {report['passed']}/{report['total']} cells pass -> {Path(trials_dir) / 'validation.json'}")
+    return report
+
+
+def goodput(root: Path, overrides, validation_trials: int) -> None:
+    """Fit, validate (when trials exist), carry to 16,384 workers, draw, conclude."""
+    from pslab.analysis import goodput_scale as G
+    cfg = G.settings(overrides)
+    rows = None
+    if (root / "goodput" / "trials.jsonl").exists():
+        rows = validate_goodput(root / "goodput", validation_trials)["cells"]
+    costs, label = G.costs(root)
+    print(f"[simulate] goodput curves: presets {', '.join(cfg['presets'])}; {label}")
+    curves = G.scale_curves(cfg, costs, label)
+    print(f"[simulate] {G.write_curves(curves, root)}")
+    print(f"[simulate] figure: {G.figure(curves, rows)[1]}")
+    print(f"[simulate] conclusion: {curves['conclusion']}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--validate", type=Path, metavar="DIR", help="validate the goodput model on DIR/trials.jsonl only")
+    ap.add_argument("--goodput", action="store_true", help="the goodput headline only (validation, curves, figure)")
+    ap.add_argument("overrides", nargs="*", metavar="sim.KEY=VALUE", help="goodput settings (conf/sim/goodput.yaml)")
     ap.add_argument("--trials", type=int, default=2000, help="Monte Carlo trials per point of a curve")
     ap.add_argument("--validation-trials", type=int, default=4000)
     ap.add_argument("--job-hours", type=float, default=1.0, help="job length in the production regime")
@@ -42,6 +88,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     root = (args.results or results_root()).resolve()
     t0 = time.time()
+    if args.validate is not None:
+        report = validate_goodput(args.validate, min(args.validation_trials, 2000))
+        return 0 if report["passed"] == report["total"] else 1
+    if args.goodput:
+        goodput(root, args.overrides, min(args.validation_trials, 2000))
+        print(f"[simulate] done in {time.time() - t0:.0f} s")
+        return 0
     runs = S.calibration_runs(root)
     print(f"[simulate] {len(runs)} measured records: "
           + ", ".join(f"{k} {sum(r.get('source') == k for r in runs)}"
@@ -73,6 +126,7 @@ def main(argv=None) -> int:
                      ("sim_validation", lambda: figures.fig_sim_validation(rows)),
                      ("sim_curves", lambda: figures.fig_sim_curves(curves))):
         print(f"[simulate] figure: {fn()[1]}")
+    goodput(root, args.overrides, min(args.validation_trials, 2000))
     print(f"[simulate] done in {time.time() - t0:.0f} s -> {root / 'sim'}")
     return 0
 

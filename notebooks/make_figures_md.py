@@ -15,6 +15,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from pslab.analysis import captions, load_runs, results_root  # noqa: E402
 from pslab.analysis import simulation as S  # noqa: E402
+from pslab.analysis.goodput_scale import headline  # noqa: E402
 from pslab.analysis.io import read_json  # noqa: E402
 from pslab.observe import write_text_atomic  # noqa: E402
 
@@ -57,6 +58,13 @@ FIGS = [
      "the calibrated simulator's success rate next to each measured cell's 95% interval."),
     ("sim_curves", "07_simulator", "What failures cost at scale (simulated)",
      "expected time to a finished job (resubmitting failed ones) and failures per job, to 10,000 workers."),
+    ("goodput_scale", "07_simulator", "Goodput at scale: ETTR vs workers (simulated)",
+     "ETTR (productive / wall time) of 24 h jobs from 4 to 16,384 workers for classic allreduce relaunched "
+     "from scratch, classic allreduce with checkpoint-restart at the Young/Daly interval, elastic "
+     "allreduce and the PS (R=2), under each hazard preset (Llama 3, Kokolis et al., OSDI'14, the deck; "
+     "hosts of 8 ranks for the first two), with Daly's closed form, the anchors and, when measured, the "
+     "goodput cells next to their simulation; costs fitted from results/goodput/trials.jsonl "
+     "(`experiments/simulate.py --goodput`)."),
 ]
 
 
@@ -78,7 +86,8 @@ def conclusions(root: Path) -> dict:
             ("stragglers", lambda: captions.stragglers(runs("stragglers"), manifest("stragglers"))),
             ("scalability", lambda: captions.scalability(runs("scalability"))),
             ("sim_validation", lambda: captions.simulator(sim["validation"])),
-            ("sim_curves", lambda: "")):
+            ("sim_curves", lambda: ""),
+            ("goodput_scale", lambda: headline(root) or "")):
         try:
             out[name] = fn()
         except Exception as e:  # a missing result must not stop the others

@@ -66,3 +66,28 @@ def test_simulation_pipeline(tmp_path, monkeypatch):
     assert prod["success_rate"][-1] == pytest.approx(1 - 0.247, abs=0.06)
     fig, path = figures.fig_success_rate(S.success_trials(tmp_path), curves)
     assert path.exists() and path.stat().st_size > 20_000
+
+
+def test_goodput_headline_curves_sentence_and_figure(tmp_path, monkeypatch):
+    """The headline pipeline at two sizes: the sentence carries the numbers, the figure and
+    the curves file are written, and the stored sentence reads back (what `make demo` prints)."""
+    from pslab.analysis import goodput_scale as G
+    monkeypatch.setenv("PSLAB_FIGURES_DIR", str(tmp_path / "figures"))
+    cfg = G.settings(["sim.workers=[8,4096]", "sim.trials=150", "sim.presets=[llama3,deck]"])
+    with pytest.raises(ValueError, match="no key 'hazards'"):
+        G.settings(["sim.hazards=llama3"])
+    costs, label = G.costs(tmp_path)
+    assert label.startswith("default costs")
+    curves = G.scale_curves(cfg, costs, label)
+    ll = curves["presets"]["llama3"]
+    # from scratch collapses with size, checkpoint-restart does not, and its Monte Carlo
+    # agrees with Daly's closed form at the Young/Daly interval
+    assert ll["contenders"]["scratch"]["ettr"][1] < ll["contenders"]["scratch"]["ettr"][0] - 0.05
+    assert ll["contenders"]["ckpt_restart"]["ettr"][1] == pytest.approx(ll["daly_ettr"][1], abs=2e-3)
+    assert curves["presets"]["deck"]["single_attempt_success"][0] > 0.9
+    text = curves["conclusion"]
+    assert "4,096 workers" in text and "llama3" in text and "%" in text and "default costs" in text
+    G.write_curves(curves, tmp_path)
+    assert G.headline(tmp_path) == text and G.headline(tmp_path / "none") is None
+    fig, path = G.figure(curves, None)
+    assert path.name == "goodput_scale.png" and path.stat().st_size > 30_000

@@ -17,7 +17,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 # the figure(s) each notebook must write
 FIGURES = {"01_success_rate": ["success_rate"], "02_consistency": ["consistency"], "03_traffic": ["traffic"],
            "04_recovery": ["recovery"], "05_stragglers": ["stragglers"], "06_scalability": ["scalability"],
-           "07_simulator": ["sim_validation", "sim_curves"]}
+           "07_simulator": ["sim_validation", "sim_curves", "goodput_scale"]}
 
 
 @pytest.fixture(scope="module")

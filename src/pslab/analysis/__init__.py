@@ -11,7 +11,9 @@ idle fraction, bytes per step, Wilson intervals), `comparisons` (one summary tab
 comparison of BRIEF section 5), `figures` (one function per figure, PNGs written
 atomically under results/figures/ or $PSLAB_FIGURES_DIR), `captions` (the conclusions
 the numbers support, for notebooks and notebooks/FIGURES.md), `simulation` (pslab.sim
-calibrated and validated on the measured results, curves to 10,000 workers).
+calibrated and validated on the measured results, curves to 10,000 workers),
+`goodput_scale` (the headline: ETTR vs workers to 16,384 for the four contenders under each
+hazard preset, its figure and its one-sentence conclusion).
 """
 from . import captions, comparisons, figures, io, metrics, simulation, tables
 from .io import (figures_dir, load_events, load_metrics, load_ranks, load_runs, load_trials, results_root,

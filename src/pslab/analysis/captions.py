@@ -209,10 +209,11 @@ def success_rate(trials, curves: dict | None) -> str:
         if vals:
             bits.append(f"simulated {regime.get('job_hours', 1):g} h jobs of {n:,} workers {law}: " + ", ".join(vals))
     if any("ps" in (regime.get(key) or {}) for key in ("curves", "curves_deck")):
-        # pslab.sim.job models re-replication within the measured recovery time, as pslab's PS does.
-        bits.append("the simulated PS re-replicates a dead server's key ranges within its measured recovery "
-                    "time, as pslab's PS does (OSDI'14's design: a range is lost only if all R copies die "
-                    "within that window)")
+        # pslab.sim.job's rule is the conservative one; pslab.sim.goodput models pslab's per-range rule.
+        bits.append("these curves use pslab.sim.job's conservative PS rule (the job fails if any R servers die "
+                    "within the measured recovery time); the goodput model below uses pslab's own rule (a "
+                    "second failure of a dead server's partner before re-replication loses ranges, restored "
+                    "from the last checkpoint)")
     return ("; ".join(bits) + ".") if bits else "No success-rate trials yet."
 
 

@@ -27,6 +27,16 @@ Usage:
 
     # the OSDI'14 failure table as a per-rank hazard for 1000-rank jobs
     fit_osdi_weibull().rank_hazard(1000)
+
+Goodput (ETTR) of the four contenders as pslab implements them (`goodput`: scratch,
+ckpt_restart, elastic, ps), under the anchors' failure laws (`presets`: llama3, meta_rsc,
+osdi14, deck), with costs fitted from the goodput trials (`fit_goodput`) and every
+measured cell checked (`validate.validate_goodput`):
+
+    from pslab.sim import preset, contender_job, simulate_goodput, fit_costs, read_trials
+    costs = fit_costs(read_trials("results/goodput")).costs
+    job = contender_job("ps", 16384, preset("llama3"), costs, work_s=86400.0)
+    simulate_goodput(job, 1000, rng=0).ettr_pooled
 """
 from .anchors import (ANCHORS, OSDI_FAILURE_TABLE, Anchor, MachineHourWeibull, anchor,
                       deck_rank_rate, fit_osdi_weibull)
@@ -34,7 +44,11 @@ from .calibrate import BackendFit, Calibration, backend_key, calibrate, fit_step
 from .hazard import ConstantHazard, Hazard, WeibullHazard, hazard_from_dict
 from .job import (Job, SimResult, StepTime, simulate, success_probability,
                   success_upper_bound, wilson_interval)
-from .validate import validate
+from .contenders import contender_job, fatal_mtbf_s
+from .fit_goodput import CostFit, fit_costs, read_trials
+from .goodput import CONTENDERS, Costs, GoodputJob, GoodputResult, simulate_goodput
+from .presets import HazardPreset, preset, young_daly_interval_s
+from .validate import validate, validate_goodput
 
 __all__ = [
     "ANCHORS", "OSDI_FAILURE_TABLE", "Anchor", "MachineHourWeibull", "anchor",
@@ -43,5 +57,8 @@ __all__ = [
     "ConstantHazard", "Hazard", "WeibullHazard", "hazard_from_dict",
     "Job", "SimResult", "StepTime", "simulate", "success_probability",
     "success_upper_bound", "wilson_interval",
-    "validate",
+    "validate", "validate_goodput",
+    "contender_job", "fatal_mtbf_s", "CostFit", "fit_costs", "read_trials",
+    "CONTENDERS", "Costs", "GoodputJob", "GoodputResult", "simulate_goodput",
+    "HazardPreset", "preset", "young_daly_interval_s",
 ]

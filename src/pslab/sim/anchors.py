@@ -29,6 +29,15 @@ DECK = ("\"Large-scale machine learning at Ant Financial and Alibaba\" (talk dec
         "KDD 2017")
 KUNPENG = ("J. Zhou et al., \"KunPeng: Parameter Server based Distributed Learning Systems "
            "and Its Applications in Alibaba and Ant Financial\", KDD 2017")
+LLAMA3 = ("A. Grattafiori et al. (Llama Team, AI @ Meta), \"The Llama 3 Herd of Models\", 2024, "
+          "section 3.3.4 (Reliability and Operational Challenges)")
+KOKOLIS = ("A. Kokolis et al., \"Revisiting Reliability in Large-Scale Machine Learning Research "
+           "Clusters\", HPCA 2025")
+MEGASCALE = ("Z. Jiang et al., \"MegaScale: Scaling Large Language Model Training to More Than "
+             "10,000 GPUs\", NSDI 2024")
+YOUNG = "J. W. Young, \"A first order approximation to the optimum checkpoint interval\", CACM 17(9), 1974"
+DALY = ("J. T. Daly, \"A higher order estimate of the optimum checkpoint interval for restart "
+        "dumps\", Future Generation Computer Systems 22(3), 2006")
 OSDI14 = ("M. Li, D. G. Andersen, J. W. Park, A. J. Smola, A. Ahmed, V. Josifovski, J. Long, "
           "E. J. Shekita, B.-Y. Su, \"Scaling Distributed Machine Learning with the Parameter "
           "Server\", OSDI 2014")
@@ -37,7 +46,7 @@ OSDI14 = ("M. Li, D. G. Andersen, J. W. Park, A. J. Smola, A. Ahmed, V. Josifovs
 @dataclass(frozen=True)
 class Anchor:
     key: str
-    comparison: int        # row of BRIEF section 5
+    comparison: int        # row of BRIEF section 5 (7: the failure anchors of section 7)
     value: object          # a number, or a (low, high) range
     unit: str
     claim: str
@@ -46,6 +55,14 @@ class Anchor:
 
 # Li et al. OSDI'14 Table 1: (machine-hours, jobs in that size class, failure rate).
 OSDI_FAILURE_TABLE = ((100.0, 13187, 0.078), (1000.0, 1366, 0.137), (10000.0, 77, 0.247))
+
+# The modern failure anchors as numbers (the goodput presets and the headline figure use them).
+LLAMA3_FIGURES = {"interruptions": 419, "days": 54.0, "gpus": 16384, "gpus_per_host": 8,
+                  "hardware_share": 0.78, "ettr_min": 0.90}
+KOKOLIS_FIGURES = {"failures_per_1000_node_days": (6.50, 2.34), "gpus_per_host": 8,
+                   "mttf_s": ((8, 47.7 * 86400.0), (1024, 7.9 * 3600.0))}
+MEGASCALE_FIGURES = {"gpus": 10000, "restarts_min": 100, "ettr_min": 0.90,
+                     "detect_s_max": 600.0, "catch_up_s": 900.0}
 
 ANCHORS = (
     Anchor("deck_mpi_success_over_1000_workers", 1, 0.30, "fraction of jobs succeeded",
@@ -77,6 +94,25 @@ ANCHORS = (
            "a failed server is recovered in 0.8 s", OSDI14),
     Anchor("kunpeng_backup_instance_gain", 5, (0.10, 0.20), "fraction faster",
            "backup instances against stragglers gain 10-20%", KUNPENG),
+    Anchor("llama3_interruptions", 7, (419, 54.0), "unexpected interruptions in days",
+           "419 unexpected interruptions in a 54-day snapshot on up to 16,384 GPUs (about one "
+           "every 3.1 h for the job); 78% confirmed or suspected hardware", LLAMA3),
+    Anchor("llama3_ettr", 7, 0.90, "ETTR (lower bound)",
+           "effective training time above 90% at 16,384 GPUs", LLAMA3),
+    Anchor("kokolis_failure_rates", 7, (6.50, 2.34), "failures per 1,000 node-days",
+           "two research clusters: 6.50 and 2.34 failures per 1,000 node-days", KOKOLIS),
+    Anchor("kokolis_mttf_8_gpus", 7, 47.7 * 86400.0, "seconds",
+           "mean time to failure of 8-GPU jobs: 47.7 days", KOKOLIS),
+    Anchor("kokolis_mttf_1024_gpus", 7, 7.9 * 3600.0, "seconds",
+           "mean time to failure of 1,024-GPU jobs: 7.9 h; ETTR = productive runtime / wall "
+           "clock, the rest being restart overhead, work redone since the last checkpoint "
+           "and checkpoint overhead", KOKOLIS),
+    Anchor("megascale_ettr", 7, 0.90, "ETTR (lower bound)",
+           "more than 100 restarts over several weeks on more than 10,000 GPUs, ETTR above "
+           "90%; detection and diagnosis under 10 min, catch-up 15 min", MEGASCALE),
+    Anchor("young_daly_interval", 7, "sqrt(2 C M)", "seconds",
+           "optimal checkpoint interval about sqrt(2 C M) for checkpoint cost C and mean time "
+           "between failures M", YOUNG + "; " + DALY),
     Anchor("deck_multiple_servers", 6, "multiple servers vs single server", "",
            "the PS shards the model over many servers; MPI keeps the whole model on each "
            "node", DECK),

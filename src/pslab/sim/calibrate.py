@@ -31,6 +31,9 @@ How each parameter is fitted:
 - hazard: censored MLE (`hazard.*.fit`) on failure_times_s where runs give them
   (ranks that did not fail are censored at wall_s); otherwise the hazard the runs were
   configured with, if they agree on one.
+
+The goodput model's costs (checkpoint, restart, detection, recovery, re-replication) are
+fitted from the goodput trials by `fit_goodput.fit_costs`, re-exported here.
 """
 from __future__ import annotations
 
@@ -292,3 +295,6 @@ def calibrate(runs: list[dict], hazard_kind: str | None = None) -> Calibration:
     fits = {b: _fit_backend(b, rs) for b, rs in sorted(by_backend.items())}
     hazard, source = _fit_hazard([r for rs in by_backend.values() for r in rs], hazard_kind)
     return Calibration(fits, hazard, source)
+
+
+from .fit_goodput import CostFit, fit_costs  # noqa: E402,F401  (re-exported: the goodput model's costs)

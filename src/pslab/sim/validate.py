@@ -12,6 +12,14 @@ simulated under them; what is being validated is everything the calibration fitt
 (step time, overhead, recovery, steps, and the hazard itself where it was estimated).
 Runs whose faults were scheduled (faults injected, no hazard, no failure_times_s) are
 left out: the simulator models random failures, not a kill at a chosen step.
+
+`validate_goodput(trials)` does the same for the goodput trials (results/goodput/
+trials.jsonl) and the goodput model (pslab.sim.goodput): per cell, the simulated success
+rate inside the measured Wilson 95% interval and the simulated mean ETTR inside the
+bootstrap 95% interval of the measured mean. Every rank the measured hazard put at risk
+is at risk in the simulation, rank 0 included (the cell's hazard says who was spared).
+
+    python experiments/simulate.py --validate results/goodput   # writes results/goodput/validation.json
 """
 from __future__ import annotations
 
@@ -85,3 +93,78 @@ def validate(calibration: Calibration, measured_runs: list[dict], trials: int = 
             "simulated_wall_median_s": sim.wall_quantiles_s[0.5],
         })
     return rows
+
+
+# --------------------------------------------------------------------------- goodput trials
+
+
+def ettr_mean_interval(values, confidence: float = 0.95, rng=0) -> tuple[float, float] | None:
+    """Bootstrap (BCa, scipy.stats.bootstrap) interval of the mean ETTR; None with fewer
+    than 2 values. Identical values give a zero-width interval at their value."""
+    from scipy import stats
+    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    if x.size < 2:
+        return None
+    if np.ptp(x) == 0:
+        return float(x[0]), float(x[0])
+    res = stats.bootstrap((x,), np.mean, confidence_level=confidence, method="BCa",
+                          n_resamples=4000, random_state=np.random.default_rng(rng))
+    lo, hi = res.confidence_interval
+    if not (np.isfinite(lo) and np.isfinite(hi)):  # BCa degenerates on near-constant data
+        lo, hi = np.quantile(x, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return float(lo), float(hi)
+
+
+def validate_goodput(trials: list[dict], trials_per_cell: int = 2000, rng=0, fit=None,
+                     meta: dict | None = None, references: list[dict] | None = None,
+                     per_size: bool = True) -> dict:
+    """Simulate every measured goodput cell (pslab.sim.fit_goodput.cells) and check that the
+    simulated success rate lies in the cell's Wilson 95% interval and the simulated mean
+    ETTR (successful trials) in the bootstrap 95% interval of the measured mean.
+
+    Returns {"cells": [row..], "passed": k, "total": n, "costs": {...}, "cost_sources": {...}};
+    a row: contender, ranks, workers, servers, hazard, checkpoint_interval_s, max_restarts,
+    trials, measured_successes, measured_rate, measured_ci, simulated_rate, success_inside,
+    measured_ettr_mean, measured_ettr_ci, simulated_ettr_mean, ettr_inside (None: too few
+    measured values), passed, notes. meta, references: the experiment's meta.json
+    (max_restarts) and fault-free runs (references.jsonl), where the trials lack them.
+    per_size: each cell's costs fitted from its own size's trials first (fit_goodput.size_costs).
+    What is checked is the model of each mechanism (what a failure leads to), given what
+    each part costs at that size."""
+    from dataclasses import asdict
+
+    from .fit_goodput import cells, fit_costs
+    from .goodput import simulate_goodput
+    fit = fit or fit_costs(trials)
+    rng = np.random.default_rng(rng)
+    rows = []
+    for cell in cells(trials, fit, meta, references, per_size):
+        ts, job = cell.trials, cell.job
+        k = sum(t["status"] == "succeeded" for t in ts)
+        lo, hi = wilson_interval(k, len(ts))
+        if job is None:  # cannot be simulated: a failed check, with the reason
+            rows.append({"contender": cell.key[0], "ranks": cell.key[1], "hazard": ts[0].get("hazard"),
+                         "trials": len(ts), "measured_successes": k, "measured_rate": k / len(ts),
+                         "measured_ci": (lo, hi), "simulated_rate": None, "success_inside": False,
+                         "measured_ettr_mean": None, "measured_ettr_ci": None, "simulated_ettr_mean": None,
+                         "ettr_inside": None, "passed": False, "notes": cell.notes})
+            continue
+        sim = simulate_goodput(job, trials_per_cell, rng)
+        measured = [t.get("ettr") for t in ts if t["status"] == "succeeded"]
+        ci = ettr_mean_interval(measured)
+        vals = [v for v in measured if isinstance(v, (int, float)) and np.isfinite(v)]
+        e_in = None if ci is None or not np.isfinite(sim.ettr_mean) else bool(ci[0] <= sim.ettr_mean <= ci[1])
+        s_in = bool(lo <= sim.success_rate <= hi)
+        rows.append({
+            "contender": job.contender, "ranks": cell.key[1], "workers": job.workers, "servers": job.servers,
+            "hazard": ts[0].get("hazard"), "checkpoint_interval_s": job.checkpoint_interval_s,
+            "max_restarts": job.max_restarts, "work_s": job.work_s, "trials": len(ts),
+            "measured_successes": k, "measured_rate": k / len(ts), "measured_ci": (lo, hi),
+            "simulated_rate": sim.success_rate, "success_inside": s_in,
+            "measured_ettr_mean": float(np.mean(vals)) if vals else None, "measured_ettr_ci": ci,
+            "simulated_ettr_mean": None if not np.isfinite(sim.ettr_mean) else sim.ettr_mean,
+            "ettr_inside": e_in, "passed": s_in and e_in is not False, "notes": cell.notes})
+    return {"cells": rows, "passed": sum(r["passed"] for r in rows), "total": len(rows),
+            "costs": {c: asdict(v) for c, v in fit.costs.items()}, "cost_sources": fit.sources,
+            "method": "success rate: Wilson 95% of the measured cell; ETTR: bootstrap (BCa) 95% of the "
+                      f"measured mean over successful trials; {trials_per_cell} simulated trials per cell"}
