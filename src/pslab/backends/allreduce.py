@@ -456,7 +456,7 @@ class Trainer:
         if self.drill is not None and self.drill == (self.step + 1, self.rec.rank):
             self.revoke_drill()
         if n_rows != sum(counts):
-            raise RuntimeError(f"step {self.step + 1}: ranks sent {n_rows} rows, the plan says {sum(counts)}")
+            self.partial_sum(n_rows, sum(counts))
         with self.rec.acct.timed("compute"):
             g /= np.float32(divisor(self.s.opt, n_rows))
             apply_gradient(self.table, union, g)
@@ -464,6 +464,19 @@ class Trainer:
         self.plan.commit(counts)
         self.step_times.append(time.perf_counter() - t0)
         self.after_step(n_rows, loss_all, own_rows=len(rows), own_keys=len(keys))
+
+    def partial_sum(self, got: int, want: int) -> None:
+        """The collective returned without an error but summed fewer rows than the plan's:
+        ULFM let it complete here over a partial set of ranks while peers died during it
+        (seen when a whole host's ranks die at once, over TCP between hosts). The sum is
+        not applied: the rank revokes the communicator and takes it as a failure (elastic:
+        recovery, whose step agreement rolls it forward if others completed the step)."""
+        self.rec.event("partial_collective", sync=True, step=self.step + 1, rows=int(got), planned_rows=int(want))
+        try:
+            self.comm.Revoke()
+        except self.MPI.Exception:
+            pass  # already revoked by another survivor
+        raise self.MPI.Exception(self.MPI.ERR_REVOKED)
 
     def revoke_drill(self) -> None:
         """backend.drill_revoke={step: K, rank: R}: world rank R behaves, right after step K's
