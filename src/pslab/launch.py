@@ -141,11 +141,8 @@ def watch(proc: subprocess.Popen, run_dir: Path, t0: float, deadline: float, gua
             view.tick(now)
 
 
-def run_job(cfg, n: int, overrides: list[str], run_dir: Path, hostfile: str | None, mpirun_path: str,
-            guard: SignalGuard, progress: bool, hosts: int | None = None) -> dict:
+def _run_mpirun(cfg, n, overrides, run_dir, hostfile, mpirun_path, guard, progress, emu):
     deadline = float(cfg.run.deadline_s)
-    emu = hostrun.Hosts(cfg, run_dir, n, hosts)  # --hosts K; does nothing without
-    hostfile = emu.hostfile or hostfile
     cmd, env = emu.adapt(*mpirun_command(mpirun_path, n, overrides, run_dir, hostfile, hang_detector_mca(cfg)))
     t0 = time.time()
     env.update(watchdog.launcher_env(t0 + deadline))
@@ -155,18 +152,28 @@ def run_job(cfg, n: int, overrides: list[str], run_dir: Path, hostfile: str | No
         log.write(" ".join(cmd) + "\n")
         log.flush()
         proc = procs.start_mpirun(cmd, env, log)
-        guard.hard_stop = lambda: procs.kill_now(proc, run_dir)
+        guard.hard_stop = lambda: (procs.kill_now(proc, run_dir), emu.teardown())
         try:
             reason, note = watch(proc, run_dir, t0, deadline, guard, view, emu.tick)
         finally:
             if view is not None:
                 view.close()
             procs.end_group(proc, run_dir)  # no process outlives its run, whatever happened
-            emu.teardown()
+    return proc, reason, note, t0
+
+
+def run_job(cfg, n: int, overrides: list[str], run_dir: Path, hostfile: str | None, mpirun_path: str,
+            guard: SignalGuard, progress: bool, hosts=None) -> dict:
+    emu = hostrun.Hosts(cfg, run_dir, n, hosts)  # --hosts K; does nothing without
+    try:
+        proc, reason, note, t0 = _run_mpirun(cfg, n, overrides, run_dir, emu.hostfile or hostfile, mpirun_path,
+                                             guard, progress, emu)
+    finally:
+        emu.teardown()  # after end_group: no process of the run is left
     if reason is None and (run_dir / ABORT_MARKER).exists():
         reason = f"aborted: {(read_json(run_dir / ABORT_MARKER) or {}).get('reason', 'a rank called MPI_Abort')}"
-    return summarize(run_dir, cfg, n, proc.returncode, time.time() - t0, reason, tail(log_path), guard.signum,
-                     note)
+    return summarize(run_dir, cfg, n, proc.returncode, time.time() - t0, reason, tail(run_dir / "mpirun.log"),
+                     guard.signum, note)
 
 
 def report(summary: dict, cfg, n: int, run_dir: Path) -> None:
@@ -243,15 +250,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hostfile", default=None, help="MPI hostfile for several machines (started through ssh)")
     ap.add_argument("--hosts", type=int, default=None, metavar="K",
                     help="emulate K hosts on this machine (a daemon each, TCP between them)")
+    ap.add_argument("--hosts-netns", action="store_true", help="with --hosts: a network namespace per host (root)")
+    ap.add_argument("--link-delay-ms", type=float, default=None, help="with --hosts-netns: netem delay per link")
+    ap.add_argument("--link-gbit", type=float, default=None, help="with --hosts-netns: netem rate per link")
     ap.add_argument("--mpirun", default=None, help="mpirun to use (default: the one next to this Python)")
     ap.add_argument("--quiet", action="store_true", help="no progress line while the run goes")
     args, overrides = ap.parse_known_args(argv)
     bad = [o for o in overrides if o.startswith("-")]
     if bad:
         ap.error(f"unknown launcher flag(s): {' '.join(bad)}")
+    if args.hosts is None and (args.hosts_netns or args.link_delay_ms or args.link_gbit):
+        ap.error("--hosts-netns, --link-delay-ms and --link-gbit go with --hosts K")
+    hosts = None if args.hosts is None else hostrun.HostSpec(args.hosts, args.hosts_netns, args.link_delay_ms,
+                                                              args.link_gbit)
     try:
         summary = launch(args.n, overrides, args.run_dir, args.deadline, args.hostfile, args.mpirun,
-                         progress=not args.quiet, hosts=args.hosts)
+                         progress=not args.quiet, hosts=hosts)
     except Interrupted as e:
         return e.exit_code
     except ConfigError as e:

@@ -49,10 +49,12 @@ export PSLAB_HOST=$host
 export OMPI_MCA_btl_sm_backing_directory=$PSLAB_HOSTS_SHM-$host
 mkdir -p "$OMPI_MCA_btl_sm_backing_directory"
 remote="echo \$\$ > $dir/$host.pid.tmp && mv $dir/$host.pid.tmp $dir/$host.pid; $*"
+pre=()  # --hosts-netns: the host's own network namespace
+for kv in $PSLAB_HOSTS_NETNS; do [ "${kv%%=*}" = "$host" ] && pre=(ip netns exec "${kv#*=}"); done
 if [ "$PSLAB_HOSTS_UTS" = 1 ]; then
-  unshare --uts bash -c "hostname $host; $remote"
+  "${pre[@]}" unshare --uts bash -c "hostname $host; $remote"
 else
-  bash -c "$remote"
+  "${pre[@]}" bash -c "$remote"
 fi
 rc=$?
 if [ -e "$dir/$host.down" ]; then
