@@ -78,6 +78,9 @@ def test_host_hazard_draws_once_per_host_and_spares_rank_0s_host():
     (["-n", "4", "faults=kill_host"], "need emulated hosts"),
     (["-n", "4", "--hosts", "2", "--hostfile", "hosts.txt"], "--hosts and --hostfile: pick one"),
     (["-n", "4", "backend=ps", "backend.coordinator_host=true"], "backend.coordinator_host=true"),
+    (["-n", "4", "--hosts-netns"], "go with --hosts K"),
+    (["-n", "4", "--hosts", "2", "--link-gbit", "1"], "add --hosts-netns"),
+    (["-n", "4", "--hosts", "2", "--hosts-netns", "--link-gbit", "0"], "--link-gbit 0: must be > 0"),
 ])
 def test_bad_host_flags_exit_2_with_one_line(tmp_path, args, msg):
     (tmp_path / "hosts.txt").write_text("a slots=2\n")
@@ -219,3 +222,61 @@ def test_sigint_during_a_two_host_run_leaves_nothing(tmp_path):
             proc.kill()
         for p in run_processes(run_dir):
             p.kill()
+
+
+def netns_unavailable() -> str | None:
+    import os
+    import shutil
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    if shutil.which("ip") is None:
+        return "the ip tool (iproute2) is missing"
+    return None
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+@pytest.mark.skipif(netns_unavailable() is not None, reason=str(netns_unavailable()))
+def test_hosts_netns_puts_each_host_in_its_own_network_stack_and_removes_it(tmp_path):
+    """--hosts-netns: each host's ranks run in a namespace of their own (not this one);
+    SIGINT mid-run leaves no rank, daemon, namespace or bridge of the run."""
+    import os
+
+    from pslab.launcher.netns import Netns
+    run_dir = tmp_path / "run"
+    net = Netns(run_dir.resolve(), ["host0", "host1"])
+    proc = subprocess.Popen([sys.executable, "-m", "pslab.launch", "-n", "4", "--hosts", "2", "--hosts-netns",
+                             "--quiet", "--run-dir", str(run_dir), "--deadline", "200", "backend=allreduce",
+                             "faults=hang_one_worker"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        t_end = time.time() + 120
+        while time.time() < t_end and len(list(run_dir.glob("ranks/rank-*.events.jsonl"))) < 4:
+            time.sleep(0.5)
+        time.sleep(2)
+        pids = {int(json.loads(p.open().readline())["pid"]): json.loads(p.open().readline())["host"]
+                for p in run_dir.glob("ranks/rank-*.events.jsonl")}
+        ns = {h: set() for h in ("host0", "host1")}
+        for pid, h in pids.items():
+            ns[h].add(os.readlink(f"/proc/{pid}/ns/net"))
+        mine = os.readlink("/proc/self/ns/net")
+        assert all(len(v) == 1 for v in ns.values()) and ns["host0"] != ns["host1"], ns
+        assert mine not in ns["host0"] | ns["host1"]
+        daemons = daemons_of(run_dir)
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=90)[0]
+        assert proc.returncode == 130, out
+        t_end = time.time() + 15
+        while time.time() < t_end and not gone(run_dir, daemons):
+            time.sleep(0.5)
+        assert gone(run_dir, daemons)
+        names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+        assert not any(n in names for n in net.ns.values()) and net.bridge not in links
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for p in run_processes(run_dir):
+            p.kill()
+        net.made = [("netns", n) for n in net.ns.values()] + [("link", net.bridge)]
+        net.teardown()  # a failed test leaves nothing either

@@ -82,6 +82,7 @@ class HostFaults:
         self.hosts = hosts  # pslab.launcher.hosts.EmulatedHosts
         self.done: set[str] = set()
         self.held: list[int] = []
+        self.agents: list[psutil.Process] = []  # the dead hosts' silent agents (ended in close())
         self.libc = ctypes.CDLL(None, use_errno=True)
         self.log = self.hosts.dir / "events.jsonl"
 
@@ -125,6 +126,10 @@ class HostFaults:
         held = 0
         if action == "kill_host":
             self.hosts.down(host)
+            try:
+                self.agents.append(psutil.Process(shell).parent())
+            except (psutil.Error, TypeError, ValueError):
+                pass
             for d in daemons:
                 got = _hold_sockets(d.pid, self.libc)
                 self.held += got
@@ -163,3 +168,12 @@ class HostFaults:
             except OSError:
                 pass
         self.held = []
+        # a silent agent outlives mpirun when mpirun exits by itself (an abort): its
+        # command line names no run, so procs.end_group may not find it
+        for a in self.agents:
+            try:
+                if a is not None and a.is_running():
+                    a.kill()
+            except psutil.Error:
+                pass
+        self.agents = []

@@ -43,6 +43,24 @@ def check_netns(delay_ms: float | None, gbit: float | None) -> None:
             raise NetnsError(f"{flag} {v:g}: must be > 0")
     if (delay_ms or gbit) and shutil.which("tc") is None:
         raise NetnsError("--link-delay-ms/--link-gbit: the `tc` tool (iproute2) is not installed")
+    if delay_ms or gbit:
+        netem_works()
+
+
+def netem_works() -> None:
+    """Try netem on the loopback of a scratch namespace (nothing of this machine's is
+    touched): a kernel without the sch_netem qdisc refuses it."""
+    scratch = f"pslabnetem{os.getpid()}"
+    _ip("netns", "add", scratch)
+    try:
+        _ip("-n", scratch, "link", "set", "lo", "up")
+        p = subprocess.run(["tc", "-n", scratch, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"],
+                           capture_output=True, text=True, timeout=30)
+        if p.returncode != 0:
+            raise NetnsError(f"--link-delay-ms/--link-gbit: tc netem is not available here ({p.stderr.strip()}); "
+                             "this kernel lacks the netem qdisc (sch_netem)")
+    finally:
+        _ip("netns", "del", scratch, check=False)
 
 
 class Netns:
