@@ -280,3 +280,17 @@ def test_hosts_netns_puts_each_host_in_its_own_network_stack_and_removes_it(tmp_
             p.kill()
         net.made = [("netns", n) for n in net.ns.values()] + [("link", net.bridge)]
         net.teardown()  # a failed test leaves nothing either
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_hang_host_ps_fences_the_frozen_host(launch):
+    """hang_host: the host's ranks and daemon SIGSTOPped; the PS finds them by heartbeats."""
+    run = launch(8, "--hosts", "2", "backend=ps", "backend.servers=2", "backend.replication=2", "model=lr",
+                 "data=criteo_sample", "faults=hang_host", deadline=300)
+    assert run["status"] == "succeeded", run.summary.get("reason")
+    assert run["lost_updates"] == 0 and run["ranks_alive_end"] == 4
+    hf, hangs = host_fault_records(run)
+    assert hf["action"] == "hang_host" and hf["ranks"] == [1, 3, 5, 7] and hf["daemon_pids"]
+    assert sorted(e["rank"] for e in hangs) == [1, 3, 5, 7] and {e["action"] for e in hangs} == {"hang"}
+    assert run["killed_pids_dead"] and gone(run.dir)  # the launcher ended the stopped ones
