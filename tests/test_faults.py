@@ -24,7 +24,7 @@ from pslab.launch import count_failures, recovery_times
 from pslab.observe import Recorder
 
 NAMES = ["none", "kill_one_worker", "kill_one_server", "hang_one_worker", "hang_one_server", "kill_coordinator",
-         "straggler", "hazard"]
+         "straggler", "hazard", "kill_host", "hang_host"]
 PS6 = {"coordinator": 1, "server": 2, "worker": 3, "rank": 6}      # -n 6 backend=ps backend.servers=2
 AR4 = {"worker": 4, "rank": 4, "coordinator": 1}                    # -n 4 backend=allreduce
 

@@ -172,31 +172,13 @@ def test_ranks_enforce_the_deadline_without_a_launcher(tmp_path):
             cleanup(run_dir)
 
 
-AGENT = """#!/bin/bash
-# Open MPI's plm_ssh_agent, called as AGENT [options] HOST COMMAND...: runs COMMAND here,
-# an emulated host, with shared-memory segments of its own (the BRIEF's second round)
-while [[ "$1" == -* ]]; do shift; done
-host=$1; shift
-export OMPI_MCA_btl_sm_backing_directory={shm}-$host
-mkdir -p $OMPI_MCA_btl_sm_backing_directory
-exec bash -c "$*"
-"""
-
-
 @pytest.mark.slow
 def test_sigint_ends_the_job_on_every_host(tmp_path):
-    """Two emulated hosts (one PRTE daemon each, started through an ssh agent that runs
-    them here): SIGINT to the launcher leaves no rank and no daemon of the run."""
-    shm = f"/dev/shm/pslab-test-{tmp_path.name}"
-    agent = tmp_path / "agent.sh"
-    agent.write_text(AGENT.replace("{shm}", shm))
-    agent.chmod(0o755)
-    hosts = tmp_path / "hosts.txt"
-    hosts.write_text("nodeA slots=2\nnodeB slots=2\n")
+    """Two emulated hosts (--hosts 2: one PRTE daemon each, started through the rsh agent
+    pslab ships): SIGINT to the launcher leaves no rank and no daemon of the run."""
     run_dir = tmp_path / "run"
-    env = dict(os.environ, PRTE_MCA_plm_ssh_agent=str(agent), OMPI_MCA_btl_tcp_if_include="lo")
-    proc = subprocess.Popen([sys.executable, "-m", "pslab.launch", "-n", "4", "--quiet", "--hostfile", str(hosts),
-                             "--run-dir", str(run_dir), "--deadline", "120", *HUNG], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "pslab.launch", "-n", "4", "--quiet", "--hosts", "2",
+                             "--run-dir", str(run_dir), "--deadline", "120", *HUNG], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert wait_for(lambda: hung_rank(run_dir), timeout=90), "the hang fault did not fire"
@@ -207,8 +189,8 @@ def test_sigint_ends_the_job_on_every_host(tmp_path):
         assert proc.returncode == 130 and summary(run_dir)["status"] == "interrupted", out
         assert left(run_dir, 10) is True
         assert wait_for(lambda: not any(running(p) for p in daemons), 10)
+        assert summary(run_dir)["hosts"] == {"host0": [0, 2], "host1": [1, 3]}
     finally:
         cleanup(run_dir)
         if proc.poll() is None:
             proc.kill()
-        subprocess.run(["rm", "-rf", f"{shm}-nodeA", f"{shm}-nodeB"], timeout=30)

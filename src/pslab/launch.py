@@ -4,6 +4,7 @@
     python -m pslab.launch -n 6 --deadline 300 backend=ps backend.servers=2 faults=kill_one_server
     python -m pslab.launch -n 16 --hostfile hosts.txt backend=ps backend.servers=4
     python -m pslab.launch -n 4 --max-restarts 2 backend=allreduce backend.checkpoint_every=10 faults=kill_one_worker
+    python -m pslab.launch -n 8 --hosts 2 backend=ps backend.servers=2 backend.replication=2 faults=kill_host
 
 Everything after the launcher's own flags is a hydra override passed to every rank.
 The whole run is checked before mpirun starts (a bad input: one line naming the flag, key
@@ -33,7 +34,7 @@ import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from .config import ConfigError, load_config  # noqa: E402
-from .launcher import procs, restart, watchdog  # noqa: E402
+from .launcher import hostrun, procs, restart, watchdog  # noqa: E402
 from .launcher.checks import Invalid, check_flags, check_run  # noqa: E402
 from .launcher.mpi import find_mpirun, hang_detector_mca, mpi_flavor, mpirun_command  # noqa: E402
 from .launcher.progress import Progress, RunState  # noqa: E402
@@ -108,7 +109,7 @@ def leave_invalid(run_dir, err: Exception, n: int, cfg) -> None:
 
 
 def watch(proc: subprocess.Popen, run_dir: Path, t0: float, deadline: float, guard: SignalGuard,
-          view: Progress | None) -> tuple[str | None, str | None]:
+          view: Progress | None, tick=None) -> tuple[str | None, str | None]:
     """Wait for the job to end, or for a reason to end it: (reason the run failed, note on
     a run that completed). Both None: mpirun exited, or a signal came (guard.signum)."""
     done_at = aborted_at = None
@@ -122,6 +123,8 @@ def watch(proc: subprocess.Popen, run_dir: Path, t0: float, deadline: float, gua
         now = time.time()
         if guard.signum is not None:
             return None, None
+        if tick is not None:
+            tick()  # emulated hosts: execute the whole-host faults the ranks asked for
         if done_at is None and (run_dir / "result.json").exists():
             done_at = now
         if done_at is not None and now - done_at > GRACE_AFTER_RESULT_S:
@@ -139,10 +142,9 @@ def watch(proc: subprocess.Popen, run_dir: Path, t0: float, deadline: float, gua
             view.tick(now)
 
 
-def run_job(cfg, n: int, overrides: list[str], run_dir: Path, hostfile: str | None, mpirun_path: str,
-            guard: SignalGuard, progress: bool) -> dict:
+def _run_mpirun(cfg, n, overrides, run_dir, hostfile, mpirun_path, guard, progress, emu):
     deadline = float(cfg.run.deadline_s)
-    cmd, env = mpirun_command(mpirun_path, n, overrides, run_dir, hostfile, hang_detector_mca(cfg))
+    cmd, env = emu.adapt(*mpirun_command(mpirun_path, n, overrides, run_dir, hostfile, hang_detector_mca(cfg)))
     t0 = time.time()
     env.update(watchdog.launcher_env(t0 + deadline))
     view = Progress(RunState(run_dir, n, cfg.backend.name, int(cfg.train.epochs), t0)) if progress else None
@@ -151,17 +153,28 @@ def run_job(cfg, n: int, overrides: list[str], run_dir: Path, hostfile: str | No
         log.write(" ".join(cmd) + "\n")
         log.flush()
         proc = procs.start_mpirun(cmd, env, log)
-        guard.hard_stop = lambda: procs.kill_now(proc, run_dir)
+        guard.hard_stop = lambda: (procs.kill_now(proc, run_dir), emu.teardown())
         try:
-            reason, note = watch(proc, run_dir, t0, deadline, guard, view)
+            reason, note = watch(proc, run_dir, t0, deadline, guard, view, emu.tick)
         finally:
             if view is not None:
                 view.close()
             procs.end_group(proc, run_dir)  # no process outlives its run, whatever happened
+    return proc, reason, note, t0
+
+
+def run_job(cfg, n: int, overrides: list[str], run_dir: Path, hostfile: str | None, mpirun_path: str,
+            guard: SignalGuard, progress: bool, hosts=None) -> dict:
+    emu = hostrun.Hosts(cfg, run_dir, n, hosts)  # --hosts K; does nothing without
+    try:
+        proc, reason, note, t0 = _run_mpirun(cfg, n, overrides, run_dir, emu.hostfile or hostfile, mpirun_path,
+                                             guard, progress, emu)
+    finally:
+        emu.teardown()  # after end_group: no process of the run is left
     if reason is None and (run_dir / ABORT_MARKER).exists():
         reason = f"aborted: {(read_json(run_dir / ABORT_MARKER) or {}).get('reason', 'a rank called MPI_Abort')}"
-    return summarize(run_dir, cfg, n, proc.returncode, time.time() - t0, reason, tail(log_path), guard.signum,
-                     note)
+    return summarize(run_dir, cfg, n, proc.returncode, time.time() - t0, reason, tail(run_dir / "mpirun.log"),
+                     guard.signum, note)
 
 
 def report(summary: dict, cfg, n: int, run_dir: Path) -> None:
@@ -183,7 +196,8 @@ def report(summary: dict, cfg, n: int, run_dir: Path) -> None:
 
 def launch(n: int, overrides: list[str], run_dir: Path | None = None, deadline: float | None = None,
            hostfile: str | None = None, mpirun: str | None = None, quiet: bool = False,
-           progress: bool | None = None, max_restarts: int = 0, restart_ranks: str = "same") -> dict:
+           progress: bool | None = None, max_restarts: int = 0, restart_ranks: str = "same",
+           hosts=None) -> dict:
     """Run one job and return its summary. quiet: print nothing; progress: the progress
     line (default: not quiet). Raises ConfigError for a bad input (after leaving a summary
     "invalid" in run_dir, when given) and Interrupted on SIGINT/SIGTERM/SIGHUP (after the
@@ -199,7 +213,7 @@ def launch(n: int, overrides: list[str], run_dir: Path | None = None, deadline: 
             cfg = load_config(overrides)
             restart.check_restart_flags(max_restarts, restart_ranks, cfg)
             overrides = fix_deadline(cfg, list(overrides), deadline)
-            check_run(cfg, n)
+            check_run(cfg, n, hostrun.check(cfg, n, hosts, hostfile))
             run_dir = make_run_dir(run_dir, cfg, n)
         except ConfigError as e:
             if given_dir is not None and not isinstance(e, RunDirError):
@@ -217,11 +231,11 @@ def launch(n: int, overrides: list[str], run_dir: Path | None = None, deadline: 
             if max_restarts > 0:
                 summary = restart.run_attempts(
                     cfg, n, overrides, run_dir,
-                    lambda c, k, ov, d: run_job(c, k, ov, d, hostfile, mpirun_path, guard, progress),
+                    lambda c, k, ov, d: run_job(c, k, ov, d, hostfile, mpirun_path, guard, progress, hosts),
                     max_restarts, restart_ranks, lambda: guard.signum is not None,
                     say if not quiet else (lambda msg: None))
             else:
-                summary = run_job(cfg, n, overrides, run_dir, hostfile, mpirun_path, guard, progress)
+                summary = run_job(cfg, n, overrides, run_dir, hostfile, mpirun_path, guard, progress, hosts)
         except Exception as e:  # a launcher bug: still a summary, and the traceback in the run dir
             log = run_dir / "launcher-error.log"
             log.write_text(traceback.format_exc())
@@ -247,7 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-n", type=int, default=1, help="number of MPI ranks")
     ap.add_argument("--run-dir", type=Path, default=None, help="run directory (default runs/<time>-...)")
     ap.add_argument("--deadline", type=float, default=None, help="wall-clock limit in seconds (run.deadline_s)")
-    ap.add_argument("--hostfile", default=None, help="MPI hostfile for several machines")
+    ap.add_argument("--hostfile", default=None, help="MPI hostfile for several machines (started through ssh)")
+    ap.add_argument("--hosts", type=int, default=None, metavar="K",
+                    help="emulate K hosts on this machine (a daemon each, TCP between them)")
+    ap.add_argument("--hosts-netns", action="store_true", help="with --hosts: a network namespace per host (root)")
+    ap.add_argument("--link-delay-ms", type=float, default=None, help="with --hosts-netns: netem delay per link")
+    ap.add_argument("--link-gbit", type=float, default=None, help="with --hosts-netns: netem rate per link")
     ap.add_argument("--mpirun", default=None, help="mpirun to use (default: the one next to this Python)")
     ap.add_argument("--quiet", action="store_true", help="no progress line while the run goes")
     ap.add_argument("--max-restarts", type=int, default=0, metavar="K",
@@ -258,9 +277,14 @@ def main(argv: list[str] | None = None) -> int:
     bad = [o for o in overrides if o.startswith("-")]
     if bad:
         ap.error(f"unknown launcher flag(s): {' '.join(bad)}")
+    if args.hosts is None and (args.hosts_netns or args.link_delay_ms or args.link_gbit):
+        ap.error("--hosts-netns, --link-delay-ms and --link-gbit go with --hosts K")
+    hosts = None if args.hosts is None else hostrun.HostSpec(args.hosts, args.hosts_netns, args.link_delay_ms,
+                                                              args.link_gbit)
     try:
         summary = launch(args.n, overrides, args.run_dir, args.deadline, args.hostfile, args.mpirun,
-                         progress=not args.quiet, max_restarts=args.max_restarts, restart_ranks=args.restart_ranks)
+                         progress=not args.quiet, max_restarts=args.max_restarts, restart_ranks=args.restart_ranks,
+                         hosts=hosts)
     except Interrupted as e:
         return e.exit_code
     except ConfigError as e:

@@ -24,6 +24,15 @@ def deal(order: list[int], lanes: int) -> list[list[int]]:
     return [order[i::lanes] for i in range(lanes)]
 
 
+def split_batch(batch: int, m: int) -> list[int]:
+    """B rows a step over m lanes: B//m each, one more for the first B%m (a batch that does
+    not divide, e.g. 256 over 6 ranks, still makes every step B rows)."""
+    if batch < m:
+        raise ValueError(f"train.batch_size={batch} is smaller than the {m} lanes (ranks/workers): "
+                         "every lane needs at least one row a step")
+    return [batch // m + (1 if i < batch % m else 0) for i in range(m)]
+
+
 def lane_batch_size(batch_size: int, lanes: int) -> int:
     if batch_size % lanes:
         raise ValueError(f"train.batch_size={batch_size} is not divisible by {lanes} lanes (ranks/workers)")

@@ -8,7 +8,8 @@ optimizer update to its replica, so the replicas stay identical (checked at the 
     python -m pslab.launch -n 4 backend=allreduce backend.elastic=true faults=kill_one_worker
 
 Batches. Rank r reads lane r of the epoch's block order (`Setup.lanes(epoch, N)`),
-`Setup.lane_batch(N)` rows per step; a step's gradient is the sum over ranks of their
+`Setup.lane_sizes(N)[r]` rows per step (the batch split as evenly as it goes: 256 over 6
+ranks is 43, 43, 43, 43, 42, 42); a step's gradient is the sum over ranks of their
 summed gradients divided by the step's global number of rows; all ranks run the same
 number of steps (a rank whose lane has run dry contributes nothing). `backend=local
 backend.lanes=N` builds the very same global batches, so both give the same model.
@@ -409,9 +410,7 @@ class Trainer:
         self.batch = int(cfg.train.batch_size)
         resume = cfg.backend.get("resume_from")
         self.resumed = arckpt.load(resume) if resume else None
-        if self.resumed is None or len(self.resumed["plan"]["segments"]) == self.n_world:
-            s.lane_batch(self.n_world)  # the batch must split evenly over the starting ranks
-        # (a restart with the survivors may not: it splits B as elastic does, see arckpt)
+        s.lane_sizes(self.n_world)  # at least a row per rank a step (B need not divide: split_batch)
         self.exchange = make_exchange(self.mode, s.data.n_features, s.model.dim, rec.acct, self.n_world, self.batch)
         self.table = make_table(s.data.n_features, s.model, s.opt)
         self.dim = s.model.dim
@@ -480,7 +479,7 @@ class Trainer:
         if self.drill is not None and self.drill == (self.step + 1, self.rec.rank):
             self.revoke_drill()
         if n_rows != sum(counts):
-            raise RuntimeError(f"step {self.step + 1}: ranks sent {n_rows} rows, the plan says {sum(counts)}")
+            self.partial_sum(n_rows, sum(counts))
         with self.rec.acct.timed("compute"):
             g /= np.float32(divisor(self.s.opt, n_rows))
             apply_gradient(self.table, union, g)
@@ -488,6 +487,19 @@ class Trainer:
         self.plan.commit(counts)
         self.step_times.append(time.perf_counter() - t0)
         self.after_step(n_rows, loss_all, own_rows=len(rows), own_keys=len(keys))
+
+    def partial_sum(self, got: int, want: int) -> None:
+        """The collective returned without an error but summed fewer rows than the plan's:
+        ULFM let it complete here over a partial set of ranks while peers died during it
+        (seen when a whole host's ranks die at once, over TCP between hosts). The sum is
+        not applied: the rank revokes the communicator and takes it as a failure (elastic:
+        recovery, whose step agreement rolls it forward if others completed the step)."""
+        self.rec.event("partial_collective", sync=True, step=self.step + 1, rows=int(got), planned_rows=int(want))
+        try:
+            self.comm.Revoke()
+        except self.MPI.Exception:
+            pass  # already revoked by another survivor
+        raise self.MPI.Exception(self.MPI.ERR_REVOKED)
 
     def revoke_drill(self) -> None:
         """backend.drill_revoke={step: K, rank: R}: world rank R behaves, right after step K's

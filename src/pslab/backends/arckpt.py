@@ -184,12 +184,10 @@ def restore(tr, info: dict, members: list[int]) -> None:
 
 
 def planned_steps(setup, n: int, batch: int, epochs: int) -> int:
-    """Steps a run of n ranks plans (the fault plan's progress triggers): with an even
-    split, as Setup.steps_per_epoch; otherwise with the elastic split of the batch."""
-    from .elastic import split_batch
+    """Steps a run of n ranks plans (the fault plan's progress triggers): the batch split
+    over n as every allreduce plan splits it (schedule.split_batch)."""
+    from ..schedule import split_batch
 
-    if batch % n == 0:
-        return setup.steps_per_epoch(n) * epochs
     sizes = split_batch(batch, n)
     lanes = setup.lanes(0, n)
     per = max(-(-sum(setup.data.block_len(x) for x in lane) // b) for lane, b in zip(lanes, sizes))

@@ -10,7 +10,7 @@ from ..data import Dataset, Deduper, Rows, load_dataset
 from ..metrics import evaluate
 from ..models import make_model
 from ..optim import make_optimizer
-from ..schedule import block_order, deal, lane_batch_size
+from ..schedule import block_order, deal, lane_batch_size, split_batch
 
 
 @dataclass
@@ -35,12 +35,17 @@ class Setup:
     def lane_batch(self, n_lanes: int) -> int:
         return lane_batch_size(int(self.cfg.train.batch_size), n_lanes)
 
+    def lane_sizes(self, n_lanes: int) -> list[int]:
+        """Rows each lane reads a step (allreduce ranks, local lanes): the batch split as
+        evenly as it goes (schedule.split_batch)."""
+        return split_batch(int(self.cfg.train.batch_size), n_lanes)
+
     def steps_per_epoch(self, n_lanes: int) -> int:
         """Steps an epoch takes when its blocks are dealt over n_lanes (block sizes are
         known to every rank, so all agree without talking)."""
-        b = self.lane_batch(n_lanes)
         lanes = self.lanes(0, n_lanes)
-        return max(-(-sum(self.data.block_len(x) for x in lane) // b) for lane in lanes)
+        return max(-(-sum(self.data.block_len(x) for x in lane) // b)
+                   for lane, b in zip(lanes, self.lane_sizes(n_lanes)))
 
     def gradient(self, rows: Rows, fetch):
         """(unique keys, summed loss, summed gradient rows) of a batch; fetch(keys) gives

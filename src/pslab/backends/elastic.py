@@ -47,17 +47,13 @@ import time
 
 import numpy as np
 
-from ..schedule import Stream
+from ..schedule import Stream, split_batch  # noqa: F401 (split_batch: used here and by allreduce, arckpt)
 
 FAILURE_CLASSES = ("ERR_PROC_FAILED", "ERR_PROC_FAILED_PENDING", "ERR_REVOKED")
 
 
 # -- row streams -----------------------------------------------------------------------
 
-
-def split_batch(batch: int, m: int) -> list[int]:
-    """B rows over m members: B//m each, one more for the first B%m."""
-    return [batch // m + (1 if i < batch % m else 0) for i in range(m)]
 
 
 class Plan:

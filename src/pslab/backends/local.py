@@ -20,7 +20,7 @@ def run(cfg, comm, rec, make_injector) -> dict:
     s = Setup.build(cfg)
     table = make_table(s.data.n_features, s.model, s.opt)
     n_lanes = int(cfg.backend.get("lanes", 1))
-    b = s.lane_batch(n_lanes)
+    sizes = s.lane_sizes(n_lanes)  # the global batch split as allreduce's ranks split it
     eval_every = int(cfg.train.eval_every)
     injector = make_injector({"worker": 1, "rank": 1}, s.steps_per_epoch(n_lanes) * int(cfg.train.epochs))
     step, examples, step_times = 0, 0, []
@@ -29,7 +29,7 @@ def run(cfg, comm, rec, make_injector) -> dict:
     for epoch in range(int(cfg.train.epochs)):
         lanes = [Stream(s.data, blocks) for blocks in s.lanes(epoch, n_lanes)]
         while True:
-            rows = Rows.concat([lane.next(b) for lane in lanes])
+            rows = Rows.concat([lane.next(b) for lane, b in zip(lanes, sizes)])
             if len(rows) == 0:
                 break
             t0 = time.perf_counter()

@@ -83,3 +83,36 @@ def my_failure_time(spec: HazardSpec, seed: int, role: str, index: int, rank: in
             if rank not in sched:
                 out.update(fires_at_s=None, capped=True)
     return out
+
+
+HOST_STREAM = 1 << 21  # seeds [plan seed, HOST_STREAM, host index] for per-host hazards
+
+
+def host_schedule(spec: HazardSpec, seed: int, rank_hosts: list[str]) -> dict[str, float]:
+    """faults.hazard.per=host: {host: failure time} of every eligible host (one that
+    holds no excluded rank, so by default not rank 0's), capped at max_faults (the
+    earliest draws win). Every rank computes the same schedule without talking."""
+    hosts = list(dict.fromkeys(rank_hosts))
+    times = {h: float(draw(spec, np.random.default_rng([int(seed), HOST_STREAM, i])))
+             for i, h in enumerate(hosts)
+             if not any(rank_hosts[r] == h for r in spec.exclude_ranks if r < len(rank_hosts))}
+    if spec.max_faults is not None:
+        keep = sorted(times, key=lambda h: (times[h], hosts.index(h)))[:spec.max_faults]
+        times = {h: times[h] for h in keep}
+    return times
+
+
+def my_host_failure_time(spec: HazardSpec, seed: int, rank: int, rank_hosts: list[str] | None) -> dict:
+    """What a per-host hazard does through this rank: only the lowest rank of an eligible
+    host draws (and fires) for it. {"eligible", "host", "drawn_s", "fires_at_s", "capped"}."""
+    out = {"eligible": False, "host": None, "drawn_s": None, "fires_at_s": None, "capped": False}
+    if not rank_hosts or rank >= len(rank_hosts) or rank_hosts.index(rank_hosts[rank]) != rank:
+        return out
+    host = rank_hosts[rank]
+    if any(rank_hosts[r] == host for r in spec.exclude_ranks if r < len(rank_hosts)):
+        return out
+    t = float(draw(spec, np.random.default_rng([int(seed), HOST_STREAM, list(dict.fromkeys(rank_hosts)).index(host)])))
+    out.update(eligible=True, host=host, drawn_s=t, fires_at_s=t)
+    if host not in host_schedule(spec, seed, rank_hosts):
+        out.update(fires_at_s=None, capped=True)
+    return out

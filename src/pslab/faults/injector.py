@@ -19,23 +19,35 @@ with fsync (`fault_injected`) *before* it fires: a SIGKILL right after cannot lo
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import signal
 import threading
 import time
 from collections import deque
+from pathlib import Path
 
 import numpy as np
 
 from . import hazard as hz
-from .plan import Plan, Resolved, parse_plan, resolve_events
+from .plan import HOST_ACTIONS, Plan, Resolved, layout, parse_plan, resolve_events
+
+HOST_FAULT_WAIT_S = 15.0  # a rank that requested its host's death waits this long for it
+
+
+def rank_hosts_from_env() -> list[str] | None:
+    from ..launcher.hosts import rank_hosts_from_env as from_env
+
+    return from_env()
 
 
 class Injector:
     def __init__(self, plan: Plan, events: list[Resolved], role: str, index: int, rank: int,
-                 roles: dict, planned_steps: int, rec, job: dict | None = None):
+                 roles: dict, planned_steps: int, rec, job: dict | None = None,
+                 rank_hosts: list[str] | None = None):
         self.plan, self.role, self.index, self.rank, self.roles = plan, role, index, rank, dict(roles)
         self.rec = rec
+        self.rank_hosts = rank_hosts  # every rank's emulated host (None: one host, or a real cluster)
         self.planned = max(1, int(planned_steps))
         # The clock of the time triggers: the rank's start (every event's `elapsed` field),
         # moved back by the earlier attempts' up time when the job restarted (jobstate.py).
@@ -62,7 +74,9 @@ class Injector:
                 self._at(t, self._spec_event(e, drawn_s=t))
             elif (trig.kind == "step" and int(trig.value) == 0) or (trig.kind == "progress" and trig.value == 0):
                 self._fire(self._spec_event(e), step=0)  # "from the start"
-        if plan.hazard is not None:
+        if plan.hazard is not None and plan.hazard.per == "host":
+            self._host_hazard(plan)
+        elif plan.hazard is not None:
             h = hz.my_failure_time(plan.hazard, plan.seed, role, index, rank, self.roles)
             if h["eligible"]:
                 rec.event("hazard_drawn", hazard=plan.hazard.to_dict(), drawn_s=h["drawn_s"],
@@ -76,11 +90,27 @@ class Injector:
         if self._timers:
             atexit.register(self.stop)
 
+    def _host_hazard(self, plan: Plan) -> None:
+        """faults.hazard.per=host: the lowest rank of each eligible host draws the host's
+        failure time (hostfaults executes it on every rank of the host)."""
+        h = hz.my_host_failure_time(plan.hazard, plan.seed, self.rank, self.rank_hosts)
+        if not h["eligible"]:
+            return
+        self.rec.event("hazard_drawn", hazard=plan.hazard.to_dict(), drawn_s=h["drawn_s"], fires_at_s=h["fires_at_s"],
+                       capped=h["capped"], host=h["host"])
+        if h["fires_at_s"] is not None:
+            self._at(h["fires_at_s"], {
+                "fid": f"hazard-{h['host']}", "action": f"{plan.hazard.action}_host", "factor": 1.0,
+                "target_role": "host", "target_index": h["host"], "host": h["host"], "trigger": "hazard",
+                "at": {"hazard": plan.hazard.distribution()}, "drawn_s": h["drawn_s"]})
+
     # -------------------------------------------------------------- plumbing
 
     def _spec_event(self, e: Resolved, **extra) -> dict:
         d = {"fid": e.id, "action": e.action, "factor": e.factor, "target_role": e.role,
              "target_index": e.index, **e.trigger.describe(), **extra}
+        if e.host is not None:
+            d.update(host=e.host, target_index=e.host)
         return d
 
     def _at(self, t_s: float, spec: dict) -> None:
@@ -109,18 +139,48 @@ class Injector:
             fields = {k: v for k, v in spec.items() if k not in ("fid",)}
             if spec["action"] != "slow":
                 fields.pop("factor", None)
+            if spec["action"] in HOST_ACTIONS:
+                host_fault = fields
+            else:
+                host_fault = None
             try:
-                self.rec.event("fault_injected", sync=True, step=step, fault_id=spec["fid"], target_rank=self.rank,
-                               fired_s=time.time() - self.t0, pid=os.getpid(), **fields)
+                if host_fault is None:
+                    self.rec.event("fault_injected", sync=True, step=step, fault_id=spec["fid"],
+                                   target_rank=self.rank, fired_s=time.time() - self.t0, pid=os.getpid(), **fields)
             except (ValueError, OSError):
                 return  # the recorder is closed: this rank has finished; an unrecorded fault never fires
             if spec["action"] == "slow":
                 self.factor = max(self.factor, float(spec["factor"]))
                 return
-        if spec["action"] == "kill":
+        if host_fault is not None:
+            self._request_host_fault(spec, step, host_fault)
+        elif spec["action"] == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         elif spec["action"] == "hang":
             os.kill(os.getpid(), signal.SIGSTOP)
+
+    def _request_host_fault(self, spec: dict, step, fields: dict) -> None:
+        """A whole-host fault: the launcher executes it (pslab.launcher.hostfaults), as only
+        it knows every process of the host. Record the request, leave it in the run dir,
+        then wait to be killed with the host (a bounded wait: no launcher, no fault)."""
+        try:
+            self.rec.event("host_fault_requested", sync=True, step=step, fault_id=spec["fid"],
+                           fired_s=time.time() - self.t0, pid=os.getpid(), **fields)
+        except (ValueError, OSError):
+            return
+        req = {"fault_id": spec["fid"], "host": spec["host"], "action": spec["action"], "rank": self.rank,
+               "step": step, "trigger": spec.get("trigger"), "elapsed": time.time() - self.t0,
+               "roles": self._rank_roles()}
+        d = Path(os.environ.get("PSLAB_HOSTS_DIR") or Path(self.rec.run_dir) / "hosts")
+        tmp = d / f".request-{spec['fid']}.tmp"
+        tmp.write_text(json.dumps(req))
+        os.replace(tmp, d / f"request-{spec['fid']}.json")
+        if threading.current_thread() is threading.main_thread():
+            time.sleep(HOST_FAULT_WAIT_S)  # the step-triggered fault: stop here, as the host dies
+
+    def _rank_roles(self) -> dict:
+        lay = layout(self.roles)
+        return {str(r): role for r, (role, _) in enumerate(lay)} if lay else {}
 
     # -------------------------------------------------------------- the backends' API
 
@@ -175,4 +235,6 @@ def make_injector(cfg, role: str, index: int, rank: int, roles: dict, planned_st
     plan = parse_plan(faults)
     run = cfg.get("run") if hasattr(cfg, "get") else getattr(cfg, "run", None)
     job = read_job(run.get("job_dir") if run is not None and hasattr(run, "get") else None)
-    return Injector(plan, resolve_events(plan, roles), role, index, rank, roles, planned_steps, rec, job)
+    hosts = rank_hosts_from_env()
+    return Injector(plan, resolve_events(plan, roles, hosts), role, index, rank, roles, planned_steps, rec, job,
+                    hosts)

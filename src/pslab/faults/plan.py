@@ -6,7 +6,9 @@ A plan is
     seed: 0                 # resolves "random" targets and seeds every hazard draw
     events:                 # scheduled faults
       - action: kill        # kill (SIGKILL) | hang (SIGSTOP) | slow (straggler)
+                            # | kill_host | hang_host (every rank of a host and its daemon)
         target: {role: worker, index: -1}     # or {rank: 3}; index: N | -1 (last) | random
+                                              # host actions: {host: N | -1 | random | auto}
         at: {progress: 0.5}                   # step: N | progress: F | elapsed_s: T
                                               #   | hazard: {kind: ..., ...}
                                               # with step/progress, optionally point: P, a
@@ -19,6 +21,7 @@ A plan is
       action: kill
       exclude_ranks: [0]    # rank 0 / the coordinator is a single point of failure
       max_faults: null      # cap on hazard faults per run (null: no cap)
+      per: rank             # rank: each rank draws; host: each host draws (kill/hang: the host)
 
 Every mistake raises FaultPlanError naming the config key (e.g.
 `faults.events[0].at.progress=1.5: must be in [0, 1]`). Parsing needs no MPI and no
@@ -33,7 +36,8 @@ import numpy as np
 
 from ..config import ConfigError
 
-ACTIONS = ("kill", "hang", "slow")
+ACTIONS = ("kill", "hang", "slow", "kill_host", "hang_host")
+HOST_ACTIONS = ("kill_host", "hang_host")  # emulated hosts only (python -m pslab.launch --hosts K)
 ROLES = ("worker", "server", "coordinator")
 TRIGGERS = ("step", "progress", "elapsed_s", "hazard")
 HAZARD_KINDS = ("constant", "weibull")
@@ -61,6 +65,7 @@ class HazardSpec:
     factor: float = 1.0              # slow only
     exclude_ranks: tuple[int, ...] = (0,)
     max_faults: int | None = None
+    per: str = "rank"                # rank | host: who draws a failure time
 
     def to_dict(self) -> dict:
         """The summary form (also what pslab.sim.hazard.hazard_from_dict reads)."""
@@ -71,6 +76,8 @@ class HazardSpec:
             d.update(shape=self.shape, scale_s=self.scale_s)
         d.update(roles=list(self.roles), action=self.action, exclude_ranks=list(self.exclude_ranks),
                  max_faults=self.max_faults)
+        if self.per != "rank":
+            d["per"] = self.per
         if self.action == "slow":
             d["factor"] = self.factor
         return d
@@ -84,8 +91,8 @@ class HazardSpec:
 
 @dataclass(frozen=True)
 class Target:
-    role: str | None     # worker | server | coordinator; None when the target is a rank
-    index: int | str     # int (negative counts from the end) or "random"; the rank if role is None
+    role: str | None     # worker | server | coordinator | host; None when the target is a rank
+    index: int | str     # int (negative counts from the end) or "random" ("auto": hosts); the rank if role is None
 
 
 @dataclass(frozen=True)
@@ -133,6 +140,7 @@ class Resolved:
     trigger: Trigger
     factor: float = 1.0
     by_rank: bool = False  # match on rank instead of (role, index)
+    host: str | None = None  # host actions: the host that fails (its lowest rank fires the trigger)
 
     def hits(self, role: str, index: int, rank: int) -> bool:
         return rank == self.rank if self.by_rank else (role, index) == (self.role, self.index)
@@ -192,7 +200,7 @@ def parse_hazard(d, key: str = "faults.hazard") -> HazardSpec | None:
         return None
     d = _mapping(d, key)
     _unknown(d, ("kind", "rate_per_s", "shape", "scale_s", "roles", "action", "factor", "exclude_ranks",
-                 "max_faults"), key)
+                 "max_faults", "per"), key)
     kind = _choice(d.get("kind"), HAZARD_KINDS, f"{key}.kind")
     rate = shape = scale = None
     if kind == "constant":
@@ -225,12 +233,22 @@ def parse_hazard(d, key: str = "faults.hazard") -> HazardSpec | None:
     mf = d.get("max_faults")
     if mf is not None:
         mf = _number(mf, f"{key}.max_faults", lo=0, integer=True)
-    return HazardSpec(kind, rate, shape, scale, tuple(roles), action, factor, excl, mf)
+    per = _choice(d.get("per", "rank"), ("rank", "host"), f"{key}.per")
+    if per == "host" and action == "slow":
+        raise FaultPlanError(f"{key}.action=slow: per=host draws whole-host failures (kill or hang)")
+    return HazardSpec(kind, rate, shape, scale, tuple(roles), action, factor, excl, mf, per)
 
 
 def _parse_target(t, key: str) -> Target:
     t = _mapping(t, key)
-    _unknown(t, ("role", "index", "rank"), key)
+    _unknown(t, ("role", "index", "rank", "host"), key)
+    if "host" in t:
+        if len(t) > 1:
+            raise FaultPlanError(f"{key}: give host alone (a host target names no role or rank)")
+        h = t["host"]
+        if h not in ("random", "auto"):
+            h = _number(h, f"{key}.host", integer=True)
+        return Target("host", h)
     if "rank" in t and t["rank"] is not None:
         if "role" in t or "index" in t:
             raise FaultPlanError(f"{key}: give either rank or role+index, not both")
@@ -286,6 +304,10 @@ def parse_event(ev, i: int) -> FaultEvent:
     if "target" not in ev:
         raise FaultPlanError(f"{key}.target: required (e.g. {{role: worker, index: -1}} or {{rank: 3}})")
     target = _parse_target(ev["target"], f"{key}.target")
+    if (action in HOST_ACTIONS) != (target.role == "host"):
+        raise FaultPlanError(f"{key}.target: action={action} " + ("needs a host target ({host: auto}, "
+                             "{host: N} or {host: random})" if action in HOST_ACTIONS else
+                             "hits one rank: give {role: ..., index: ...} or {rank: N}, not a host"))
     if "at" not in ev:
         raise FaultPlanError(f"{key}.at: required (one of {', '.join(TRIGGERS)})")
     trigger = _parse_trigger(ev["at"], f"{key}.at")
@@ -349,7 +371,29 @@ def _resolve_index(index, n: int, rng: np.random.Generator, key: str) -> int:
     return i
 
 
-def resolve_events(plan: Plan, roles: dict) -> list[Resolved]:
+def resolve_host(index, rank_hosts: list[str] | None, rng: np.random.Generator, key: str) -> tuple[str, int]:
+    """(host, its lowest rank) for a host target. `auto` and `random` pick among the hosts
+    that do not hold rank 0 (the PS coordinator, allreduce's evaluating rank: a single
+    point of failure in every backend); `auto` the last of them. A number names any host."""
+    if not rank_hosts:
+        raise FaultPlanError(f"{key}: whole-host faults need emulated hosts (python -m pslab.launch -n N --hosts K); "
+                             "on a real cluster, take a machine down instead")
+    hosts = list(dict.fromkeys(rank_hosts))
+    if index in ("auto", "random"):
+        spare = [h for h in hosts if h != rank_hosts[0]]
+        if not spare:
+            raise FaultPlanError(f"{key}.host={index}: every host holds rank 0 (--hosts 1); name the host "
+                                 "({host: 0}) to kill it anyway")
+        host = spare[-1] if index == "auto" else spare[int(rng.integers(len(spare)))]
+    else:
+        i = int(index) + (len(hosts) if int(index) < 0 else 0)
+        if not 0 <= i < len(hosts):
+            raise FaultPlanError(f"{key}.host={index}: out of range for {len(hosts)} host(s)")
+        host = hosts[i]
+    return host, rank_hosts.index(host)
+
+
+def resolve_events(plan: Plan, roles: dict, rank_hosts: list[str] | None = None) -> list[Resolved]:
     """Concrete targets for a run with the given role counts (role -> count, plus
     'rank' -> world size). Deterministic in (plan.seed, roles): every rank resolves
     "random" to the same target without talking. A `coordinator` target in a run
@@ -362,6 +406,11 @@ def resolve_events(plan: Plan, roles: dict) -> list[Resolved]:
     for ev in plan.events:
         key = f"faults.events[{ev.id}].target"
         t = ev.target
+        if t.role == "host":
+            host, first = resolve_host(t.index, rank_hosts, rng, key)
+            out.append(Resolved(ev.id, ev.action, "host", first, first, ev.trigger, ev.factor, by_rank=True,
+                                host=host))
+            continue
         if t.role is None:
             if t.index >= size:
                 raise FaultPlanError(f"{key}.rank={t.index}: this run has {size} rank(s)")

@@ -7,4 +7,8 @@
     watchdog   in every rank: end the job when the launcher is gone or the deadline passed
     progress   the progress line, read from the ranks' own records; sweep counts and ETA
     summary    summary.json from the records the ranks left
+    hostrun    --hosts K: the launcher's one entry to emulated hosts (check, set up, poll, tear down)
+    hosts      emulated hosts: placement, the seq hostfile, the rsh agent, hosts in summary.json
+    hostfaults kill_host / hang_host: a host's ranks and daemon ended at one instant
+    netns      --hosts-netns: a network namespace per host on a bridge the run makes
 """

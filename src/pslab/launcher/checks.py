@@ -51,8 +51,9 @@ def roles_for(cfg, n: int) -> dict:
     return {"worker": 1, "rank": 1}
 
 
-def check_run(cfg, n: int) -> None:
-    """The composed config against the rank count, the fault plan and the data files."""
+def check_run(cfg, n: int, rank_hosts: list[str] | None = None) -> None:
+    """The composed config against the rank count, the fault plan (whole-host faults:
+    against rank_hosts, every rank's emulated host) and the data files."""
     from ..faults import parse_plan, resolve_events
 
     b = cfg.backend
@@ -62,7 +63,7 @@ def check_run(cfg, n: int) -> None:
         raise Invalid(f"backend=ps with backend.servers={b.servers} needs -n {int(b.servers) + 2} or more "
                       f"(a coordinator, the servers and at least one worker); got -n {n}")
     try:
-        resolve_events(parse_plan(cfg.faults), roles_for(cfg, n))
+        resolve_events(parse_plan(cfg.faults), roles_for(cfg, n), rank_hosts)
     except ConfigError as e:
         raise Invalid(f"{e} (faults={cfg.faults.name}, backend={b.name}, -n {n})") from None
     resume = b.get("resume_from")

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from ..observe import read_json, read_jsonl, write_json_atomic
+from .hosts import host_fields
 from .procs import leftover_pids
 from .signals import signal_name
 
@@ -39,6 +40,7 @@ def merge_events(run_dir: Path) -> list[dict]:
     events = []
     for p in sorted((run_dir / "ranks").glob("rank-*.events.jsonl")):
         events += read_jsonl(p)
+    events += read_jsonl(run_dir / "hosts" / "events.jsonl")  # the launcher's whole-host faults
     events.sort(key=lambda e: e.get("t", 0))
     tmp = run_dir / ".events.jsonl.tmp"
     with open(tmp, "w") as f:
@@ -254,6 +256,7 @@ def summarize(run_dir: Path, cfg, n: int, mpirun_code, wall_s: float, reason: st
     summary["killed_pids_dead"] = not (killed & set(left))
     summary["rank_pids_alive"] = sorted(left.values())
     summary.update(hazard_fields(cfg, events))
+    summary.update(host_fields(run_dir, events))
     summary["injected"] = [{k: e.get(k) for k in ("elapsed", "rank", "action", "target_role", "target_index",
                                                   "step", "trigger", "fault_id", "fired_s")}
                            for e in faults]

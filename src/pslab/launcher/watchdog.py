@@ -65,7 +65,7 @@ class Watchdog(threading.Thread):
     def __init__(self, rec, deadline_s: float, env=os.environ):
         super().__init__(name="pslab-watchdog", daemon=True)
         self.rec = rec
-        self.host = socket.gethostname()
+        self.host = os.environ.get("PSLAB_HOST") or socket.gethostname()  # an emulated host's own name
         self.deadline_at = float(env.get(ENV_DEADLINE) or (time.time() + float(deadline_s)))
         self.parent = os.getppid()
         launcher = int(env[ENV_PID]) if env.get(ENV_PID) else None

@@ -119,7 +119,7 @@ class Recorder:
         self.acct = Accounting()
         # pid, host and start time let the launcher and the other ranks' watchdogs find
         # this process again, and never hit another that reused its pid
-        self.event("rank_started", pid=os.getpid(), host=socket.gethostname(),
+        self.event("rank_started", pid=os.getpid(), host=os.environ.get("PSLAB_HOST") or socket.gethostname(),
                    created=psutil.Process().create_time())
 
     def _line(self, f, kind: str, fields: dict, sync: bool = False) -> None:

@@ -56,6 +56,10 @@ def run(cfg, comm, rec, make_injector):
     comm.Set_errhandler(MPI.ERRORS_RETURN)
     hb_comm = comm.Dup()  # heartbeats travel apart from the data path (detector.py)
     hb_comm.Set_errhandler(MPI.ERRORS_RETURN)
+    # every rank's host (emulated: PSLAB_HOST; else the machine's name), so the
+    # coordinator places a range's copies on different hosts
+    from ...launcher.hosts import my_host
+    rank_hosts = comm.allgather(my_host())
     check_timeouts(cfg.backend)
     deadline = time.time() + float(cfg.run.deadline_s)
     role, index = layout.role_of(comm.Get_rank())
@@ -65,7 +69,7 @@ def run(cfg, comm, rec, make_injector):
     try:
         if role == "coordinator":
             try:
-                return _coordinator(cfg, layout, van, hb_comm, rec, make_injector, roles, deadline)
+                return _coordinator(cfg, layout, van, hb_comm, rec, make_injector, roles, deadline, rank_hosts)
             except BaseException as e:
                 # Tell every rank to stop now (under ULFM an MPI_Abort alone does not end
                 # the others promptly), then fail with the reason.
@@ -125,7 +129,7 @@ def _wait_start(van, rec, idle_timeout: float, deadline: float) -> dict:
     raise TimeoutError(f"no start message from the coordinator within {idle_timeout:g} s")
 
 
-def _coordinator(cfg, layout, van, hb_comm, rec, make_injector, roles, deadline) -> dict:
+def _coordinator(cfg, layout, van, hb_comm, rec, make_injector, roles, deadline, rank_hosts=None) -> dict:
     from . import checkpoint as ckpt
     from .coordinator import Coordinator
     from .ledger import Plan
@@ -144,7 +148,11 @@ def _coordinator(cfg, layout, van, hb_comm, rec, make_injector, roles, deadline)
         resume = str(info["dir"])
         rec.event("resume", clock=start_clock, manifest=resume)
     injector = make_injector(roles, plan.total)
-    coord = Coordinator(cfg, layout, s, van, hb_comm, rec, injector, plan, start_clock, resume)
+    coord = Coordinator(cfg, layout, s, van, hb_comm, rec, injector, plan, start_clock, resume, rank_hosts)
+    if coord.server_hosts and len(set(coord.server_hosts.values())) > 1:
+        rec.event("replica_hosts", server_hosts={str(k): v for k, v in coord.server_hosts.items()},
+                  ranges_on_one_host=sum(1 for reps in coord.membership.ranges
+                                         if len({coord.server_hosts[s] for s in reps}) < len(reps)))
     rec.event("training_started", clock=start_clock)  # productive time starts here (launcher/ettr.py)
     for r in range(1, layout.size):
         van.send(r, P.Msg(P.CTRL, meta={"op": "start", "planned": plan.total, "start_clock": start_clock,

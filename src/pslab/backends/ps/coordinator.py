@@ -38,11 +38,15 @@ from .report import result
 
 class Coordinator(Failover):
     def __init__(self, cfg, layout, setup, van, hb_comm, rec, injector, plan, start_clock: int = 0,
-                 resumed_from: str | None = None):
+                 resumed_from: str | None = None, rank_hosts: list[str] | None = None):
         self.cfg, self.layout, self.s, self.van, self.rec = cfg, layout, setup, van, rec
         self.injector, self.plan = injector, plan
         bc = cfg.backend
-        self.membership = Membership.initial(layout, bc)
+        # server index -> host: replicas on different hosts (failure domains), at start
+        # and when a failover re-replicates
+        self.server_hosts = ({i: rank_hosts[layout.server_rank(i)] for i in range(layout.servers)}
+                             if rank_hosts and len(set(rank_hosts)) > 1 else None)
+        self.membership = Membership.initial(layout, bc, self.server_hosts)
         self.client = KVClient(van, layout, self.membership, setup.model.dim, float(bc.request_timeout_s))
         self.client.on_pump = self.on_client_pump
         self.ledger = WorkLedger(plan)

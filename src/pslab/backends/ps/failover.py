@@ -90,7 +90,8 @@ class Failover:
         rank = self.layout.server_rank(d)
         if not left:
             raise SystemExit(f"coordinator: server {d} (rank {rank}) failed and no server is left")
-        ranges, dec = after_failure(m.ranges, d, m.servers, m.replication, syncing=self.syncing)
+        ranges, dec = after_failure(m.ranges, d, m.servers, m.replication, hosts=self.server_hosts,
+                                    syncing=self.syncing)
         fo = {"server": d, "promoted": dec["promoted"], "added": {str(r): s for r, s in dec["added"].items()},
               "lost": dec["lost"], "resync": {str(r): v for r, v in dec["resync"].items()}}
         if dec["lost"]:

@@ -54,11 +54,13 @@ class Membership:
     demoted: list[int] = field(default_factory=list)  # live workers whose clocks no longer count (backed up)
 
     @staticmethod
-    def initial(layout: Layout, cfg_backend) -> "Membership":
+    def initial(layout: Layout, cfg_backend, hosts: dict | None = None) -> "Membership":
+        """hosts: server index -> its host; a range's copies then go to different hosts
+        whenever there are enough (a whole-host failure takes one copy, not all)."""
         servers = list(range(layout.servers))
         R = int(cfg_backend.get("replication", 1))
         n = int(cfg_backend.get("ranges", 64))
-        return Membership(0, list(range(layout.workers)), servers, RG.initial_map(servers, n, R), R)
+        return Membership(0, list(range(layout.workers)), servers, RG.initial_map(servers, n, R, hosts), R)
 
     def next(self, **changes) -> "Membership":
         """The next generation with some fields changed (workers, servers, ranges, demoted)."""
