@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 _libc = None
 
 
@@ -36,6 +37,11 @@ def start_mpirun(cmd: list, env: dict, log) -> subprocess.Popen:
     still hears of it at once and tears the job down (the ranks' watchdogs are the
     fallback, e.g. for a rank mpirun cannot end)."""
     libc = _libc_handle()
+    if libc is not None:
+        # Orphans of the job (an emulated host's daemon whose agent died first) come back to
+        # the launcher, not to init: a container's init may never reap them, and a dead
+        # daemon would stay behind as a zombie. end_group reaps them (reap_orphans).
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1)
 
     def die_with_launcher():
         if libc is not None:
@@ -103,7 +109,14 @@ def end_group(proc: subprocess.Popen, run_dir: Path | None = None) -> None:
     """Kill mpirun and every process it started (its descendants, and the ranks of this
     run dir wherever they are). Stopped (SIGSTOPped, hung) processes cannot act on
     SIGTERM, so they get SIGKILL at once; the rest get SIGTERM, then SIGKILL whatever is
-    left a second later."""
+    left a second later. Then the orphans handed to the launcher are reaped."""
+    try:
+        _end_group(proc, run_dir)
+    finally:
+        reap_orphans(proc)
+
+
+def _end_group(proc: subprocess.Popen, run_dir: Path | None) -> None:
     procs = _job(proc, run_dir)
     for p in procs:
         try:
@@ -129,6 +142,35 @@ def end_group(proc: subprocess.Popen, run_dir: Path | None = None) -> None:
         proc.wait(timeout=2)
     except subprocess.TimeoutExpired:
         pass
+
+
+def reap_orphans(proc: subprocess.Popen, settle_s: float = 2.0) -> None:
+    """Reap the job's processes that were handed to the launcher (a subreaper) when their
+    parent died: collect the dead (a killed host's daemon daemonized itself into a session
+    of its own, so nothing but its death ties it to the job), kill and collect the living
+    ones still in mpirun's session. Never mpirun itself (subprocess collects its status).
+    Orphans arrive as their parents die, a little after the kills: poll until none came
+    for a moment (at most settle_s)."""
+    end = time.time() + settle_s
+    quiet_rounds = 0
+    while quiet_rounds < 3 and time.time() < end:
+        try:
+            kids = [p for p in psutil.Process().children() if p.pid != proc.pid]
+        except psutil.Error:
+            return
+        reaped = 0
+        for p in kids:
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    if os.getsid(p.pid) != proc.pid:
+                        continue  # not this job's: leave it alone
+                    p.kill()
+                os.waitpid(p.pid, 0)
+                reaped += 1
+            except (psutil.Error, ChildProcessError, ProcessLookupError, PermissionError):
+                pass
+        quiet_rounds = 0 if reaped else quiet_rounds + 1
+        time.sleep(0.05)
 
 
 def kill_now(proc: subprocess.Popen, run_dir: Path | None) -> None:
