@@ -13,14 +13,14 @@ atomically under results/figures/ or $PSLAB_FIGURES_DIR), `captions` (the conclu
 the numbers support, for notebooks and notebooks/FIGURES.md), `simulation` (pslab.sim
 calibrated and validated on the measured results, curves to 10,000 workers).
 """
-from . import captions, comparisons, figures, io, metrics, simulation, tables
+from . import captions, comparisons, figures, intervals, io, metrics, simulation, tables
 from .io import (figures_dir, load_events, load_metrics, load_ranks, load_runs, load_trials, results_root,
                  save_run)
 from .metrics import (bytes_per_step, eval_series, idle_fraction, success_rates, target_from,
                       time_to_target, train_start_t, wilson)
 from .tables import Table, aggregate, get, group, median, table, where
 
-__all__ = ["captions", "comparisons", "figures", "io", "metrics", "simulation", "tables",
+__all__ = ["captions", "comparisons", "figures", "intervals", "io", "metrics", "simulation", "tables",
            "figures_dir", "load_events", "load_metrics", "load_ranks", "load_runs", "load_trials",
            "results_root", "save_run",
            "bytes_per_step", "eval_series", "idle_fraction", "success_rates", "target_from",
