@@ -200,3 +200,24 @@ def test_tiny_preset_end_to_end(gp, tmp_path):
     cells = json.loads((out / "cells.json").read_text())["cells"]
     assert {(c["contender"], c["ranks"], c["trials"]) for c in cells} == {("scratch", 2, 2), ("elastic", 2, 2)}
     assert (tmp_path / "figures" / "goodput_gp.png").exists()
+
+
+def test_experiment_config_has_its_command():
+    text = (ROOT / "conf" / "experiment" / "goodput.yaml").read_text()
+    assert text.startswith("# @package _global_")
+    assert "experiments/goodput.py" in text and "pslab.launch" in text
+
+
+@pytest.mark.parametrize("preset", ["small", "large", "tiny"])
+def test_every_contender_composes_and_passes_the_launchers_checks(gp, preset):
+    from pslab.config import load_config
+    from pslab.launcher.checks import check_run
+    p = gp.PRESETS[preset]
+    for c in p.get("contenders") or gp.CONTENDERS:
+        for n in p["ranks"]:
+            cfg = load_config(gp.contender_overrides(c, n, p, 7) + gp.hazard_overrides(p, 3))
+            check_run(cfg, n)  # rank counts against the backend, the fault plan, the data
+            assert cfg.faults.hazard.exclude_ranks == [] and cfg.faults.seed == 3
+            assert cfg.train.batch_size % gp.layout(c, n)[0] == 0
+            if c == "ps":
+                assert cfg.backend.replication == 2 and cfg.backend.servers == gp.layout(c, n)[1]
