@@ -183,6 +183,12 @@ def check_backend(cfg) -> None:
                               "or use backend.mode=sparse for 64-bit keys")
         number(cfg, "backend.hang_timeout_s", lo=0, lo_open=True, allow_none=True,
                hint="seconds without heartbeats before a rank is declared dead; null turns the detector off")
+        number(cfg, "backend.checkpoint_every", lo=0, integer=True, allow_none=True,
+               hint="steps between checkpoints; 0 for none")
+        number(cfg, "backend.checkpoint_every_s", lo=0, lo_open=True, allow_none=True,
+               hint="seconds between checkpoints; null for none")
+        number(cfg, "backend.step_timeout_s", lo=0, lo_open=True, allow_none=True,
+               hint="seconds a collective may take before the step watchdog acts; null turns it off")
     else:
         servers = number(cfg, "backend.servers", lo=1, integer=True)
         number(cfg, "backend.replication", lo=1, hi=servers, integer=True,

@@ -3,6 +3,7 @@
     python -m pslab.launch -n 4 --run-dir runs/ar4 backend=allreduce model=lr
     python -m pslab.launch -n 6 --deadline 300 backend=ps backend.servers=2 faults=kill_one_server
     python -m pslab.launch -n 16 --hostfile hosts.txt backend=ps backend.servers=4
+    python -m pslab.launch -n 4 --max-restarts 2 backend=allreduce backend.checkpoint_every=10 faults=kill_one_worker
 
 Everything after the launcher's own flags is a hydra override passed to every rank.
 The whole run is checked before mpirun starts (a bad input: one line naming the flag, key
@@ -32,7 +33,7 @@ import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from .config import ConfigError, load_config  # noqa: E402
-from .launcher import procs, watchdog  # noqa: E402
+from .launcher import procs, restart, watchdog  # noqa: E402
 from .launcher.checks import Invalid, check_flags, check_run  # noqa: E402
 from .launcher.mpi import find_mpirun, hang_detector_mca, mpi_flavor, mpirun_command  # noqa: E402
 from .launcher.progress import Progress, RunState  # noqa: E402
@@ -173,6 +174,8 @@ def report(summary: dict, cfg, n: int, run_dir: Path) -> None:
         pass
     if summary["status"] != "succeeded":
         say(f"[pslab] reason: {one_line(summary.get('reason'), 600)}")
+    if summary.get("attempts", 1) > 1 or summary.get("ettr") is not None:
+        say(f"[pslab] attempts {summary.get('attempts', 1)}, ettr {summary.get('ettr')}")
     for key in ("note", "backup_note"):
         if summary.get(key):
             say(f"[pslab] note: {one_line(summary[key], 600)}")
@@ -180,17 +183,19 @@ def report(summary: dict, cfg, n: int, run_dir: Path) -> None:
 
 def launch(n: int, overrides: list[str], run_dir: Path | None = None, deadline: float | None = None,
            hostfile: str | None = None, mpirun: str | None = None, quiet: bool = False,
-           progress: bool | None = None) -> dict:
+           progress: bool | None = None, max_restarts: int = 0, restart_ranks: str = "same") -> dict:
     """Run one job and return its summary. quiet: print nothing; progress: the progress
     line (default: not quiet). Raises ConfigError for a bad input (after leaving a summary
     "invalid" in run_dir, when given) and Interrupted on SIGINT/SIGTERM/SIGHUP (after the
-    job is ended and its summary written)."""
+    job is ended and its summary written). max_restarts > 0: run the job as attempts, each
+    restarted from the latest checkpoint (pslab.launcher.restart)."""
     progress = (not quiet) if progress is None else progress
     given_dir = run_dir
     with SignalGuard() as guard:
         cfg = None
         try:  # everything checked before mpirun starts
             mpirun_path = check_flags(n, deadline, hostfile, mpirun)
+            restart.check_restart_flags(max_restarts, restart_ranks)
             cfg = load_config(overrides)
             overrides = fix_deadline(cfg, list(overrides), deadline)
             check_run(cfg, n)
@@ -208,7 +213,14 @@ def launch(n: int, overrides: list[str], run_dir: Path | None = None, deadline: 
         if progress:
             say(f"[pslab] run dir: {run_dir}")
         try:
-            summary = run_job(cfg, n, overrides, run_dir, hostfile, mpirun_path, guard, progress)
+            if max_restarts > 0:
+                summary = restart.run_attempts(
+                    cfg, n, overrides, run_dir,
+                    lambda c, k, ov, d: run_job(c, k, ov, d, hostfile, mpirun_path, guard, progress),
+                    max_restarts, restart_ranks, lambda: guard.signum is not None,
+                    say if not quiet else (lambda msg: None))
+            else:
+                summary = run_job(cfg, n, overrides, run_dir, hostfile, mpirun_path, guard, progress)
         except Exception as e:  # a launcher bug: still a summary, and the traceback in the run dir
             log = run_dir / "launcher-error.log"
             log.write_text(traceback.format_exc())
@@ -237,13 +249,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hostfile", default=None, help="MPI hostfile for several machines")
     ap.add_argument("--mpirun", default=None, help="mpirun to use (default: the one next to this Python)")
     ap.add_argument("--quiet", action="store_true", help="no progress line while the run goes")
+    ap.add_argument("--max-restarts", type=int, default=0, metavar="K",
+                    help="relaunch a failed job up to K times from its latest checkpoint (default 0)")
+    ap.add_argument("--restart-ranks", default="same", metavar="same|survivors",
+                    help="a restart runs all N ranks again (same) or the ranks not known dead (survivors)")
     args, overrides = ap.parse_known_args(argv)
     bad = [o for o in overrides if o.startswith("-")]
     if bad:
         ap.error(f"unknown launcher flag(s): {' '.join(bad)}")
     try:
         summary = launch(args.n, overrides, args.run_dir, args.deadline, args.hostfile, args.mpirun,
-                         progress=not args.quiet)
+                         progress=not args.quiet, max_restarts=args.max_restarts, restart_ranks=args.restart_ranks)
     except Interrupted as e:
         return e.exit_code
     except ConfigError as e:

@@ -74,6 +74,7 @@ import numpy as np
 from ..data.rows import Deduper
 from ..optim import divisor
 from ..store import apply_gradient, make_table, take_rows
+from . import arckpt, stepwatch
 from .common import Setup, save_model
 from .elastic import Plan, digest, error_name, is_failure, recover, same_everywhere, split_batch, world_ranks
 
@@ -406,7 +407,11 @@ class Trainer:
         self.s = s = Setup.build(cfg)
         self.n_world = comm.size
         self.batch = int(cfg.train.batch_size)
-        s.lane_batch(self.n_world)  # the batch must split evenly over the starting ranks
+        resume = cfg.backend.get("resume_from")
+        self.resumed = arckpt.load(resume) if resume else None
+        if self.resumed is None or len(self.resumed["plan"]["segments"]) == self.n_world:
+            s.lane_batch(self.n_world)  # the batch must split evenly over the starting ranks
+        # (a restart with the survivors may not: it splits B as elastic does, see arckpt)
         self.exchange = make_exchange(self.mode, s.data.n_features, s.model.dim, rec.acct, self.n_world, self.batch)
         self.table = make_table(s.data.n_features, s.model, s.opt)
         self.dim = s.model.dim
@@ -414,10 +419,21 @@ class Trainer:
         self.eval_every = int(cfg.train.eval_every)
         self.log_every = max(1, int(cfg.train.log_every))
         self.injector = make_injector({"worker": self.n_world, "rank": self.n_world, "coordinator": 1},
-                                      s.steps_per_epoch(self.n_world) * self.epochs)
+                                      arckpt.planned_steps(s, self.n_world, self.batch, self.epochs))
         self.comm = comm
         self.step = self.epoch = self.steps_in_epoch = self.examples = 0
         self.plan = self.new_plan(0, world_ranks(comm))
+        self.start_step = self.start_examples = 0
+        if self.resumed is not None:
+            arckpt.restore(self, self.resumed, world_ranks(comm))
+            self.start_step, self.start_examples = self.step, self.examples
+            rec.event("resume", step=self.step, epoch=self.epoch, manifest=self.resumed["dir"],
+                      ranks=self.n_world, checkpoint_ranks=len(self.resumed["plan"]["segments"]))
+            self.resumed = {k: v for k, v in self.resumed.items() if k not in ("keys", "W", "S")}
+        self.ckpt = arckpt.Checkpointer(cfg, rec)
+        timeout = cfg.backend.get("step_timeout_s")
+        self.watch = None if timeout is None else stepwatch.start(rec, float(timeout), self.on_hang,
+                                                                  world_ranks(comm))
         self.inflight = None        # per-member rows of the step being exchanged
         self.last_update = None     # (keys, averaged gradient) of the last applied step
         self.failures: list[dict] = []
@@ -438,6 +454,13 @@ class Trainer:
     def set_comm(self, comm) -> None:
         self.comm = comm
         self.exchange.reset()
+        if self.watch is not None:
+            self.watch.members = set(world_ranks(comm))
+
+    def collective(self, step: int):
+        """A context around a collective: the step watchdog's (backend.step_timeout_s) or none."""
+        from contextlib import nullcontext
+        return nullcontext() if self.watch is None else self.watch.collective(step)
 
     # -- one step --
     def one_step(self) -> None:
@@ -452,7 +475,8 @@ class Trainer:
             else:
                 keys, loss, grad = np.zeros(0, np.uint64), 0.0, np.zeros((0, self.dim), np.float32)
         self.injector.slow_down(time.perf_counter() - t0)
-        union, g, n_rows, loss_all = self.exchange(self.comm, keys, grad, len(rows), loss)
+        with self.collective(self.step + 1):
+            union, g, n_rows, loss_all = self.exchange(self.comm, keys, grad, len(rows), loss)
         if self.drill is not None and self.drill == (self.step + 1, self.rec.rank):
             self.revoke_drill()
         if n_rows != sum(counts):
@@ -500,6 +524,8 @@ class Trainer:
         self.injector.on_step(self.step)
         if self.eval_every and self.step % self.eval_every == 0:
             self.evaluate(epoch=self.epoch)
+        if self.comm.rank == 0 and self.rec.rank == 0 and self.ckpt.on and self.ckpt.due(self.step):
+            self.ckpt.write(self)  # rank 0 alone: every replica and every member's stream are the same here
 
     def note_recovered(self, first_step_after) -> None:
         """The first step after a recovery completed (None: recovery after the last step)."""
@@ -535,6 +561,36 @@ class Trainer:
                         ranks=self.comm.size, union_keys=self.exchange.last_union,
                         payload_bytes=self.exchange.payload, **self.rec.acct.snapshot())
 
+    def on_hang(self, step: int, waited_s: float, stale: list[int]) -> None:
+        """The step watchdog's verdict (its thread; the main thread is blocked in a collective):
+        a collective of step `step` has waited `waited_s` s, `stale` are the ranks not running.
+        Classic: abort the job (the launcher's restart policy takes over). Elastic: fence the
+        hung ranks (SIGKILL, so that ULFM reports them dead and the survivors shrink) when
+        each is on this host and is not world rank 0; otherwise abort as classic does."""
+        self.rec.event("step_timeout", sync=True, step=step, waited_s=waited_s, stale_ranks=stale,
+                       timeout_s=self.watch.timeout, elastic=self.elastic)
+        why = None
+        if not self.elastic:
+            why = "classic allreduce cannot go on without every rank"
+        elif not stale:
+            why = "no rank is stale (a collective hung with every rank inside it): nothing to fence"
+        elif 0 in stale:
+            why = "world rank 0 (evaluation, result) is the hung one"
+        else:
+            for r in stale:
+                why = stepwatch.fence(self.rec.run_dir, r)
+                if why:
+                    why = f"cannot fence rank {r}: {why}"
+                    break
+            if why is None:
+                self.rec.event("fenced", sync=True, ranks=stale, step=step, reason="step_timeout_s")
+                return
+        self.flush_counters("step_timeout")
+        self.rec.aborting(f"rank {self.rec.rank}: step {step}'s collective did not return within "
+                          f"backend.step_timeout_s={self.watch.timeout:g} (waited {waited_s:g} s; ranks not "
+                          f"running: {stale or 'none'}): {why}")
+        self.MPI.COMM_WORLD.Abort(1)
+
     def on_failure(self, err) -> None:
         if not is_failure(err):
             raise err
@@ -562,18 +618,25 @@ class Trainer:
 
     def run(self) -> dict | None:
         self.t_start = time.time()
+        self.rec.event("training_started", step=self.step, epoch=self.epoch)
         while True:
             self.train()
             try:  # the end: are all replicas the same? (and everyone's counters to rank 0)
                 t_check = time.perf_counter()
-                identical = same_everywhere(self.comm, digest(self.table))
-                check_s = time.perf_counter() - t_check
-                stats = self.comm.gather({"rank": self.rec.rank, **self.rec.acct.snapshot()}, root=0)
+                with self.collective(self.step + 1):
+                    model_digest = digest(self.table)
+                    identical = same_everywhere(self.comm, model_digest)
+                    check_s = time.perf_counter() - t_check
+                    stats = self.comm.gather({"rank": self.rec.rank, **self.rec.acct.snapshot()}, root=0)
                 break
             except self.MPI.Exception as e:
                 self.on_failure(e)
+        if self.watch is not None:
+            self.watch.stop()
         self.note_recovered(first_step_after=None)  # a failure after the last step
         train_s = time.time() - self.t_start
+        self.rec.event("training_ended", step=self.step)
+        self.model_digest = f"{model_digest:014x}"
         if self.comm.rank != 0:
             return None
         final = self.evaluate(epoch=self.epoch)
@@ -594,14 +657,15 @@ class Trainer:
         busy = sum(tot.values()) or 1.0
         ex = self.exchange
         out = {
-            "steps": self.step, "examples": self.examples, "train_s": train_s,
+            # examples: the rows this run applied (a resumed run started with start_examples)
+            "steps": self.step, "examples": self.examples - self.start_examples, "train_s": train_s,
             # every completed step applied the rows its collective summed (elastic: also the
             # steps survivors rolled forward): the same counts the PS reports from its ranges
             "rows_applied": self.examples, "rows_applied_max": self.examples,
             "rows_planned": self.s.data.n_train * self.epochs,
             "duplicates_dropped": 0, "rereplications": [],
             "step_time_s": float(np.median(self.step_times)) if self.step_times else None,
-            "examples_per_s": self.examples / train_s if train_s > 0 else None,
+            "examples_per_s": (self.examples - self.start_examples) / train_s if train_s > 0 else None,
             "test_logloss": final["logloss"], "test_auc": final["auc"], "test_accuracy": final["accuracy"],
             "workers": self.n_world, "servers": 0, "consistency": "bsp",
             "ranks_alive_end": self.comm.size,
@@ -609,7 +673,9 @@ class Trainer:
             "lost_updates": 0,
             "recovery_s": [r["recovery_s"] for r in self.recoveries if r["dead_world_ranks"]],
             "recoveries": self.recoveries,
-            "mode": self.mode, "elastic": self.elastic,
+            "mode": self.mode, "elastic": self.elastic, "model_digest": self.model_digest,
+            "start_step": self.start_step, "checkpoints": self.ckpt.written,
+            "checkpoint_s": round(self.ckpt.seconds, 6),
             "replicas_identical": bool(identical), "replica_check_s": check_s,
             "model_bytes": self.table.nbytes,
             "model_keys": len(self.table.keys()) if hasattr(self.table, "index") else self.table.n,

@@ -25,6 +25,7 @@ def run(cfg, comm, rec, make_injector) -> dict:
     injector = make_injector({"worker": 1, "rank": 1}, s.steps_per_epoch(n_lanes) * int(cfg.train.epochs))
     step, examples, step_times = 0, 0, []
     t_start = time.time()
+    rec.event("training_started", step=0)  # the job's productive time starts here (launcher/ettr.py)
     for epoch in range(int(cfg.train.epochs)):
         lanes = [Stream(s.data, blocks) for blocks in s.lanes(epoch, n_lanes)]
         while True:

@@ -33,15 +33,17 @@ from .plan import Plan, Resolved, parse_plan, resolve_events
 
 class Injector:
     def __init__(self, plan: Plan, events: list[Resolved], role: str, index: int, rank: int,
-                 roles: dict, planned_steps: int, rec):
+                 roles: dict, planned_steps: int, rec, job: dict | None = None):
         self.plan, self.role, self.index, self.rank, self.roles = plan, role, index, rank, dict(roles)
         self.rec = rec
         self.planned = max(1, int(planned_steps))
-        # The clock of the time triggers: the rank's start (every event's `elapsed` field).
-        self.t0 = float(getattr(rec, "t0", None) or time.time())
+        # The clock of the time triggers: the rank's start (every event's `elapsed` field),
+        # moved back by the earlier attempts' up time when the job restarted (jobstate.py).
+        job = job or {}
+        self.t0 = float(getattr(rec, "t0", None) or time.time()) - float(job.get("clock_offset_s", 0.0))
         self.mine = [e for e in events if e.hits(role, index, rank)]
         self.factor = 1.0
-        self.fired: set = set()
+        self.fired: set = set(job.get("fired", ()))  # fired in an earlier attempt: never again
         self._lock = threading.Lock()
         self._timers: list[threading.Timer] = []
         self._stopped = False
@@ -51,6 +53,8 @@ class Injector:
         self._recent: deque = deque(maxlen=15)  # recent step times (between on_step calls)
         for e in self.mine:
             trig = e.trigger
+            if e.id in self.fired:
+                continue
             if trig.kind == "elapsed_s":
                 self._at(float(trig.value), self._spec_event(e))
             elif trig.kind == "hazard":
@@ -64,7 +68,7 @@ class Injector:
                 rec.event("hazard_drawn", hazard=plan.hazard.to_dict(), drawn_s=h["drawn_s"],
                           fires_at_s=h["fires_at_s"], capped=h["capped"], action=h["action"],
                           **({"cap_unenforced": True} if h.get("cap_unenforced") else {}))
-            if h["fires_at_s"] is not None:
+            if h["fires_at_s"] is not None and f"hazard-r{rank}" not in self.fired:
                 self._at(h["fires_at_s"], {
                     "fid": f"hazard-r{rank}", "action": h["action"], "factor": plan.hazard.factor,
                     "target_role": role, "target_index": index, "trigger": "hazard",
@@ -165,6 +169,10 @@ class Injector:
 def make_injector(cfg, role: str, index: int, rank: int, roles: dict, planned_steps: int, rec) -> Injector:
     """The injector for one rank. cfg: the run's config (its `faults` group); roles: role
     -> count (worker, server, coordinator) plus 'rank' -> world size."""
+    from .jobstate import read_job
+
     faults = cfg.get("faults") if hasattr(cfg, "get") else getattr(cfg, "faults", None)
     plan = parse_plan(faults)
-    return Injector(plan, resolve_events(plan, roles), role, index, rank, roles, planned_steps, rec)
+    run = cfg.get("run") if hasattr(cfg, "get") else getattr(cfg, "run", None)
+    job = read_job(run.get("job_dir") if run is not None and hasattr(run, "get") else None)
+    return Injector(plan, resolve_events(plan, roles), role, index, rank, roles, planned_steps, rec, job)

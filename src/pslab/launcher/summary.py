@@ -257,8 +257,19 @@ def summarize(run_dir: Path, cfg, n: int, mpirun_code, wall_s: float, reason: st
     summary["injected"] = [{k: e.get(k) for k in ("elapsed", "rank", "action", "target_role", "target_index",
                                                   "step", "trigger", "fault_id", "fired_s")}
                            for e in faults]
+    summary.update(attempts=1, **goodput_of_run(events, result, wall_s))
     write_json_atomic(run_dir / "summary.json", summary)
     return summary
+
+
+def goodput_of_run(events: list[dict], result: dict, wall_s: float) -> dict:
+    """ETTR and its parts for a run of one attempt (pslab.launcher.ettr)."""
+    import time
+
+    from .ettr import goodput, timeline
+
+    now = time.time()
+    return goodput([timeline(events, result, now - wall_s, now)])
 
 
 def write_early_summary(run_dir: Path, status: str, reason: str, n: int, cfg=None, signum: int | None = None,

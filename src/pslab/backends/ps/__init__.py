@@ -140,6 +140,7 @@ def _coordinator(cfg, layout, van, hb_comm, rec, make_injector, roles, deadline)
         rec.event("resume", clock=start_clock, manifest=resume)
     injector = make_injector(roles, plan.total)
     coord = Coordinator(cfg, layout, s, van, hb_comm, rec, injector, plan, start_clock, resume)
+    rec.event("training_started", clock=start_clock)  # productive time starts here (launcher/ettr.py)
     for r in range(1, layout.size):
         van.send(r, P.Msg(P.CTRL, meta={"op": "start", "planned": plan.total, "start_clock": start_clock,
                                         "resume_from": resume, "membership": coord.membership.to_meta()}))

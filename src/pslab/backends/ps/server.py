@@ -263,9 +263,12 @@ class Server(ServerControl):
         their rows and their applied-batch records."""
         ranges = self.membership.primary_ranges(self.index)
         keys, pos = self.rows_of(ranges)
+        t0 = time.perf_counter()
         with self.rec.acct.timed("checkpoint"):
             path = ckpt.write_shard(self.ckpt_root, clock, self.index, keys, self.table.W[pos], self.table.S[pos],
                                     self.log.export(ranges))
+        # the checkpoint's cost, for the job's goodput (launcher/ettr.py)
+        self.rec.event("shard_written", clock=clock, seconds=round(time.perf_counter() - t0, 6))
         self.cut = clock + self.every
         self.van.send(0, P.Msg(P.CTRL, clock=clock, meta={"op": "ckpt_done", "clock": clock, "server": self.index,
                                                          "shard": path.name, "keys": int(len(keys)),
