@@ -29,16 +29,18 @@ trial t has seed t + 1 in every cell, so the contenders are paired (the same ran
 at the same time in the same way). Hangs are found by the allreduce step watchdog
 (backend.step_timeout_s) and by the PS heartbeats (backend.heartbeat_timeout_s).
 
-Until the launcher has `--max-restarts` (branch restart), this script resubmits a failed
-job itself (a new job, the hazard seed moved on by 1000 per attempt, from step 0), and a
-contender whose options do not exist yet (ckpt_restart needs allreduce checkpoints) is
-skipped with the reason, in meta.json too.
+The launcher restarts a failed job itself (`--max-restarts K --restart-ranks same`, from
+the newest checkpoint; a fault that fired never fires again and the hazard runs on the
+job's clock, pslab.faults.jobstate); the job's deadline covers every attempt. With a
+launcher that lacks the flag this script resubmits a failed job itself (from step 0, the
+hazard seed moved on by 1000 per attempt), and a contender whose options do not exist
+(ckpt_restart needs allreduce checkpoints) is skipped with the reason, in meta.json too.
 
-A trial succeeds when its job finishes (status "succeeded") within K restarts. ETTR (the
-trial's `ettr`) = productive training time / (productive + checkpoint + restart + redone
-+ detection time); start-up of the first attempt is not counted (`startup_s`). A failed
-trial has ettr null; a cell's ETTR mean counts it as 0 (no model delivered), and its
-mean over the finished trials is reported next to it.
+A trial succeeds when its job finishes (status "succeeded") within K restarts, with a test
+AUC within 0.01 of its fault-free reference (`success`). ETTR is the launcher's
+(pslab.launcher.ettr): productive time / the job's wall time from its first training step
+to the result, start-up outside the ratio (`startup_s`); a failed job has ETTR 0. The
+cells give ETTR's mean over all trials (failed ones 0) and over the finished ones.
 
 Output (results/goodput/ unless --out; run dirs under runs/goodput/):
     trials.jsonl   one line per trial (the contract the simulator reads: contender, ranks,
@@ -214,7 +216,7 @@ def record(contender: str, n: int, seed: int, s: dict, p: dict, ref: dict | None
     auc = s.get("test_auc")
     ref_auc = (ref or {}).get("test_auc")
     finished = s.get("status") == "succeeded"
-    acct = combine_attempts(attempts) if attempts else {k: s.get(k) for k in ACCOUNTING}
+    acct = combine_attempts(attempts) if attempts else {**{k: s.get(k) for k in ACCOUNTING}, **per_attempt(s)}
     line = {"contender": contender, "ranks": n, "workers": w, "servers": srv, "seed": seed,
             "status": "succeeded" if finished else "failed", **acct,
             "faults_injected": int(acct.get("faults_injected") or s.get("faults_injected") or 0),
@@ -229,15 +231,24 @@ def record(contender: str, n: int, seed: int, s: dict, p: dict, ref: dict | None
                             and abs(auc - ref_auc) <= AUC_TOLERANCE) if ref_auc is not None else finished,
             "test_auc": auc, "reference_auc": ref_auc, "reason": None if finished else s.get("reason"),
             "restarts_by": "harness" if attempts else "launcher"}
-    if not finished:
-        line["ettr"] = None
     for k in ("attempts", "checkpoints", "faults_injected", "failures_detected"):
         line[k] = int(line[k] or 0) if k != "attempts" else int(line[k] or 1)
     return line
 
 
 ACCOUNTING = ("ettr", "attempts", "wall_s", "productive_s", "checkpoint_s", "restart_s", "redone_s", "detect_s",
-              "startup_s", "train_s")
+              "startup_s", "train_s", "pause_s", "job_wall_s", "finish_s")
+
+
+def per_attempt(s: dict) -> dict:
+    """What the launcher's job summary keeps of the last attempt only, summed over its
+    attempts' own summaries (<job dir>/attempts/<i>/summary.json): checkpoints written and
+    re-replication times."""
+    subs = [read_json(Path(a["dir"]) / "summary.json") or {} for a in s.get("attempt_list") or [] if a.get("dir")]
+    if not subs:
+        return {}
+    return {"checkpoints": sum(int(x.get("checkpoints") or 0) for x in subs),
+            "rereplication_s": [t for x in subs for t in _rereplication_s(x)]}
 
 
 def combine_attempts(attempts: list[dict]) -> dict:
@@ -268,7 +279,7 @@ def combine_attempts(attempts: list[dict]) -> dict:
     productive = float(ok[-1].get("train_s") or 0.0) if ok else 0.0
     restart = startup * (len(attempts) - 1)
     denom = productive + restart + redone + detect
-    return {"ettr": productive / denom if ok and denom > 0 else None, "attempts": len(attempts),
+    return {"ettr": productive / denom if ok and denom > 0 else 0.0, "attempts": len(attempts),
             "wall_s": round(sum(walls), 3), "productive_s": round(productive, 3), "checkpoint_s": 0.0,
             "restart_s": round(restart, 3), "redone_s": round(redone, 3), "detect_s": round(detect, 3),
             "startup_s": round(startup, 3), "train_s": _f(ok[-1].get("train_s")) if ok else None,
@@ -324,7 +335,7 @@ class Runner:
         self.verbose = verbose
 
     def _launch(self, n, overrides, run_dir, deadline, restarts: int | None = None) -> dict:
-        kw = {"max_restarts": restarts} if restarts else {}
+        kw = {"max_restarts": restarts, "restart_ranks": "same"} if restarts else {}
         for _ in range(3):
             s = self.launch(n, overrides, run_dir=fresh_dir(run_dir), deadline=deadline, quiet=not self.verbose, **kw)
             if not infra_failure(s):
@@ -378,7 +389,8 @@ class Runner:
         k = self.p["max_restarts"]
         base = contender_overrides(contender, n, self.p, every)
         deadline = self.deadline(ref)
-        if self.by_launcher:
+        if self.by_launcher:  # the job's deadline covers all its attempts
+            deadline *= k + 1
             run_dir = self.work / name
             ov = base + hazard_overrides(self.p, seed)
             s = self._launch(n, ov, run_dir, deadline, restarts=k)

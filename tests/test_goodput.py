@@ -120,7 +120,7 @@ def test_combine_attempts_splits_the_lost_time(gp):
     assert (acct["startup_s"], acct["restart_s"], acct["productive_s"]) == (4.0, 4.0, 6.0)
     assert (acct["detect_s"], acct["redone_s"]) == (5.0, 3.0)  # fault at 7 s: 3 s of work lost, 5 s to end
     assert acct["ettr"] == pytest.approx(6.0 / (6 + 4 + 3 + 5))
-    assert gp.combine_attempts([failed])["ettr"] is None
+    assert gp.combine_attempts([failed])["ettr"] == 0.0  # no model: ETTR 0, as the launcher says
     assert gp.combine_attempts([ok])["ettr"] == 1.0
 
 
@@ -156,7 +156,9 @@ def test_harness_records_the_contract_and_resumes(gp, tmp_path):
         assert CONTRACT <= set(t), CONTRACT - set(t)
         assert t["contender"] in gp.CONTENDERS and t["status"] in ("succeeded", "failed")
     ps = trials[1]
-    assert (ps["workers"], ps["servers"]) == (1, 2) and ps["checkpoint_every"] == gp.CALIBRATION_EVERY
+    # Young/Daly from the calibration reference: C = 0.6 s / 6 checkpoints, M = 1 / (4 x rate), 0.1 s a step
+    every = gp.interval_steps(0.1, 1 / (4 * p["rate"]), 0.1, 60)
+    assert (ps["workers"], ps["servers"]) == (1, 2) and ps["checkpoint_every"] == every == 29
     assert trials[0]["checkpoint_every"] is None and trials[0]["hazard"]["actions"] == {"kill": 0.7, "hang": 0.3}
     # seed 2 fails its first attempt, the resubmission (hazard seed 1002) succeeds
     s2 = trials[2]
@@ -182,7 +184,7 @@ def test_harness_uses_the_launchers_restarts_when_it_has_them(gp, tmp_path):
     (tmp_path / "out").mkdir()
     gp.run(p, ["elastic"], [4], 1, tmp_path / "out", tmp_path / "runs", None, runner)
     trial_calls = [kw for _, ov, kw in calls if "faults=hazard" in ov]
-    assert trial_calls == [{"max_restarts": p["max_restarts"]}]
+    assert trial_calls == [{"max_restarts": p["max_restarts"], "restart_ranks": "same"}]
     t = read_jsonl(tmp_path / "out" / "trials.jsonl")[0]
     assert t["restarts_by"] == "launcher" and "--max-restarts" in t["replay"]
 
