@@ -203,6 +203,13 @@ def _f(x):
     return None if x is None else float(x)
 
 
+def n_checkpoints(x) -> int:
+    """A summary's `checkpoints`: the steps (allreduce) or clocks written, or a count."""
+    if isinstance(x, (list, tuple)):
+        return len(x)
+    return int(x or 0)
+
+
 def _rereplication_s(s: dict) -> list:
     return [r.get("time_s") for r in (s.get("rereplications") or []) if isinstance(r, dict)]
 
@@ -222,7 +229,8 @@ def record(contender: str, n: int, seed: int, s: dict, p: dict, ref: dict | None
             "faults_injected": int(acct.get("faults_injected") or s.get("faults_injected") or 0),
             "failures_detected": int(acct.get("failures_detected") or s.get("failures_detected") or 0),
             "checkpoint_every": every if contender != "scratch" and every else None,
-            "checkpoints": acct.get("checkpoints") if acct.get("checkpoints") is not None else (s.get("checkpoints") or 0),
+            "checkpoints": n_checkpoints(acct["checkpoints"] if acct.get("checkpoints") is not None
+                                         else s.get("checkpoints")),
             "recovery_s": acct.get("recovery_s") or s.get("recovery_s") or [],
             "rereplication_s": acct.get("rereplication_s") or _rereplication_s(s),
             "hazard": s.get("hazard"), "run_dir": run_dir,
@@ -247,7 +255,7 @@ def per_attempt(s: dict) -> dict:
     subs = [read_json(Path(a["dir"]) / "summary.json") or {} for a in s.get("attempt_list") or [] if a.get("dir")]
     if not subs:
         return {}
-    return {"checkpoints": sum(int(x.get("checkpoints") or 0) for x in subs),
+    return {"checkpoints": sum(n_checkpoints(x.get("checkpoints")) for x in subs),
             "rereplication_s": [t for x in subs for t in _rereplication_s(x)]}
 
 
@@ -354,7 +362,7 @@ class Runner:
         run_dir = self.work / f"ref-{contender}-n{n}"
         t = time.time()
         s = self._launch(n, ov, run_dir, deadline=max(300.0, 4 * self.p["deadline_min_s"]))
-        ckpts = s.get("checkpoints") or 0
+        ckpts = n_checkpoints(s.get("checkpoints"))
         line = {"contender": contender, "ranks": n, "status": s["status"], "test_auc": s.get("test_auc"),
                 "wall_s": s.get("wall_s"), "train_s": s.get("train_s"), "steps": s.get("steps"),
                 "checkpoints": ckpts, "checkpoint_s": s.get("checkpoint_s"),
