@@ -27,11 +27,13 @@ HEADER = """\
 Each comparison of the brief is an experiment (`experiments/<name>.py`, a sweep of launches
 writing `results/<name>/`), a notebook that only reads and plots (`notebooks/`), and a
 figure under `results/figures/`. `make reproduce` reruns all of them at the small preset
-(19-27 minutes on a 2-core machine with nothing else running, 39 under heavy load; the
-budget is 45; `make reproduce PRESET=large` for bigger machines) and
-redraws every figure. The numbers below are the committed small-preset results (one
-2-core machine, shared and oversubscribed: timings are medians and ratios within one
-sweep; bytes, steps, failures and memory do not depend on the scheduler).
+(the budget is 45 minutes on a 2-core machine; the goodput step starts no trial after 15
+minutes; `make reproduce PRESET=large` for bigger machines) and redraws every figure.
+The numbers below are the committed results (one 2-core machine, shared and
+oversubscribed: timings are medians and ratios within one sweep; bytes, steps, failures
+and memory do not depend on the scheduler); goodput's are the 20-trials-a-cell run
+(`experiments/goodput.py --preset full`). A caption ranks two arms only where their 95%
+intervals separate.
 """
 
 FIGS = [
