@@ -197,6 +197,7 @@ def launch(n: int, overrides: list[str], run_dir: Path | None = None, deadline: 
             mpirun_path = check_flags(n, deadline, hostfile, mpirun)
             restart.check_restart_flags(max_restarts, restart_ranks)
             cfg = load_config(overrides)
+            restart.check_restart_flags(max_restarts, restart_ranks, cfg)
             overrides = fix_deadline(cfg, list(overrides), deadline)
             check_run(cfg, n)
             run_dir = make_run_dir(run_dir, cfg, n)

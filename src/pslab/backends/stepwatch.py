@@ -11,7 +11,7 @@ collective has not completed within a timeout; this is that, for pslab's ranks, 
 help from Open MPI (its experimental `mpi_ft_detector` is not used).
 
 Each rank runs a thread that, every PERIOD_S,
-- writes a heartbeat file `ranks/rank-<r>.beat.json` (a counter, and whether the rank is
+- writes a heartbeat file `ranks/beat-<r>.json` (a counter, and whether the rank is
   inside a collective: temp + rename, so a reader sees a whole file);
 - reads its peers' beats and notes, by its own clock, when each counter last moved (so
   the hosts' clocks need not agree); a peer whose counter has not moved for STALE_S is
@@ -92,8 +92,8 @@ class StepWatch(threading.Thread):
     def beat(self) -> None:
         self.beats += 1
         since = self.since
-        path = self.dir / f"rank-{self.me}.beat.json"
-        tmp = self.dir / f".rank-{self.me}.beat.{os.getpid()}.tmp"
+        path = self.dir / f"beat-{self.me}.json"
+        tmp = self.dir / f".beat-{self.me}.{os.getpid()}.tmp"
         tmp.write_text(json.dumps({"n": self.beats, "in_collective": since is not None, "step": self.step}))
         os.replace(tmp, path)
 
@@ -102,7 +102,7 @@ class StepWatch(threading.Thread):
         out = {}
         for r in sorted(self.members - {self.me}):
             try:
-                b = json.loads((self.dir / f"rank-{r}.beat.json").read_text())
+                b = json.loads((self.dir / f"beat-{r}.json").read_text())
             except (OSError, ValueError):
                 b = None  # not written yet (starting), or being replaced: no news
             n = None if b is None else b.get("n")

@@ -65,6 +65,10 @@ def check_run(cfg, n: int) -> None:
         resolve_events(parse_plan(cfg.faults), roles_for(cfg, n))
     except ConfigError as e:
         raise Invalid(f"{e} (faults={cfg.faults.name}, backend={b.name}, -n {n})") from None
+    resume = b.get("resume_from")
+    if resume and not Path(str(resume)).exists():
+        raise Invalid(f"backend.resume_from={resume}: no such file or folder (a run dir, a checkpoints folder "
+                      "or a manifest.json)")
     check_data_files(cfg.data)
 
 

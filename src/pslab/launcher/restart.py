@@ -43,12 +43,15 @@ RESTART_RANKS = ("same", "survivors")
 MIN_ATTEMPT_S = 10.0  # an attempt given less time than this could not even start: the job stops
 
 
-def check_restart_flags(max_restarts: int, restart_ranks: str) -> None:
+def check_restart_flags(max_restarts: int, restart_ranks: str, cfg=None) -> None:
     if max_restarts < 0:
         raise Invalid(f"--max-restarts {max_restarts}: must be >= 0 (restarts after a failed attempt; 0: none)")
     if restart_ranks not in RESTART_RANKS:
         raise Invalid(f"--restart-ranks {restart_ranks}: choose same (all N ranks again) or survivors "
                       "(the ranks not known dead)")
+    if cfg is not None and restart_ranks == "survivors" and cfg.backend.name == "ps":
+        raise Invalid("--restart-ranks survivors: backend=ps resumes a checkpoint only with as many workers as "
+                      "took it (its batches are numbered per worker lane); use --restart-ranks same")
 
 
 def latest_checkpoint(job_dir: Path, upto: int) -> Path | None:
@@ -102,8 +105,8 @@ def survivors_layout(cfg, ranks: int) -> str | None:
     b = cfg.backend
     if ranks < 1:
         return "no rank is left"
-    if b.name == "ps" and ranks < int(b.servers) + 2:
-        return f"backend=ps with backend.servers={b.servers} needs {int(b.servers) + 2} ranks"
+    if b.name == "local" and ranks != 1:
+        return "backend=local runs one rank"
     return None
 
 
@@ -150,6 +153,7 @@ def run_attempts(cfg, n: int, overrides: list[str], job_dir: Path, run_attempt, 
         attempts.append({"attempt": i, "status": s["status"], "reason": s.get("reason"), "ranks": ranks,
                          "start_step": (started or {}).get("step", (started or {}).get("clock", 0)),
                          "resume_from": str(resume) if resume else None, "wall_s": round(t_end - t_launch, 3),
+                         "t_launch": round(t_launch, 3), "t_end": round(t_end, 3),
                          "faults_injected": s.get("faults_injected", 0), "dir": str(adir)})
         tls.append(timeline(events, read_json(adir / "result.json"), t_launch, t_end))
         summaries.append(s)
@@ -198,6 +202,8 @@ def job_summary(job_dir: Path, summaries: list[dict], attempts: list[dict], tls:
         s[k] = sum(int(x.get(k) or 0) for x in summaries)
     s["injected"] = [{**f, "attempt": a["attempt"]} for x, a in zip(summaries, attempts) for f in x.get("injected", [])]
     s["recovery_s"] = [r for x in summaries for r in x.get("recovery_s") or []]
+    if s.get("hazard"):  # hazard failure times are on the job's clock (jobstate.py): all attempts' count
+        s["failure_times_s"] = sorted(t for x in summaries for t in x.get("failure_times_s") or [])
     s["killed_pids_dead"] = all(x.get("killed_pids_dead", True) for x in summaries)
     s["rank_pids_alive"] = sorted({p for x in summaries for p in x.get("rank_pids_alive") or []})
     if s["status"] == "failed":

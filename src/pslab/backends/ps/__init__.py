@@ -135,6 +135,11 @@ def _coordinator(cfg, layout, van, hb_comm, rec, make_injector, roles, deadline)
     start_clock, resume = 0, cfg.backend.get("resume_from")
     if resume:
         info = ckpt.read_manifest(resume)
+        if int(info.get("workers", layout.workers)) != layout.workers:
+            # the plan's batches and clocks are numbered per worker lane: another count would
+            # skip some rows and apply others twice
+            raise SystemExit(f"backend.resume_from: checkpoint {info['dir']} was taken with {info['workers']} "
+                             f"workers; resume with as many (-n {info['workers'] + 1 + layout.servers})")
         start_clock = int(info["clock"])
         resume = str(info["dir"])
         rec.event("resume", clock=start_clock, manifest=resume)

@@ -85,7 +85,8 @@ def result(c, clock: int, final: dict, train_s: float) -> dict:
     return {
         "steps": clock, "examples": examples, "train_s": train_s, "eval_s": c.eval_s,
         "examples_per_s": examples / train_s if examples is not None and train_s > 0 else None,
-        "rows_planned": c.plan.examples_before(c.end_clock) - c.plan.examples_before(c.start_clock),
+        # the whole plan's rows, also when resumed: rows_applied counts the checkpoint's rows too
+        "rows_planned": c.plan.examples_before(c.end_clock),
         "rows_applied": rows_applied, "rows_applied_max": max(counts) if complete else None,
         "duplicates_dropped": sum(int(v.get("dup_parts", 0)) for v in servers),
         "lost_updates": lost_rows(c, applied, workers),
