@@ -50,9 +50,9 @@ def test_bootstrap_mean_is_seeded_and_covers_the_mean():
 def test_ratio_interval_is_a_t_interval_on_log_ratios():
     lo, hi = intervals.ratio_interval([0.5, 0.6, 0.55])
     assert lo < 0.55 < hi < 1.0  # three agreeing repetitions: below 1
-    lo, hi = intervals.ratio_interval([0.7, 1.3])
-    assert lo < 1.0 < hi  # two that disagree: no direction
-    assert intervals.ratio_interval([0.5]) is None
+    lo, hi = intervals.ratio_interval([0.7, 1.3, 1.0])
+    assert lo < 1.0 < hi  # three that disagree: no direction
+    assert intervals.ratio_interval([0.5, 0.52]) is None  # two: the spread is one difference, no interval
 
 
 def test_order_ranks_only_when_every_neighbour_separates():

@@ -182,7 +182,7 @@ def _gain(name: str, other: str, what: str, gain: float, ci) -> str:
     """'ASP reached the target 28% sooner than BSP (95% CI 20%-35%)', or indistinguishable."""
     iv = _iv(ci)
     ratio = (f"time ratio {1 - gain:.2f}, " + (f"95% CI {1 - iv[1]:.2f}-{1 - iv[0]:.2f}" if iv else
-                                                 "fewer than 2 paired repetitions"))
+                                                 f"fewer than {I.MIN_REPS} paired repetitions: no interval"))
     if I.excludes(iv, 0.0):
         return f"{name} {what} {_signed_pct(gain)} than {other} ({ratio})"
     return f"{name} and {other}: {I.INDISTINCT} ({ratio})"

@@ -5,8 +5,8 @@ the intervals separate.
 - means of per-trial values (ETTR): a seeded percentile bootstrap of the mean
   (`bootstrap_mean`);
 - ratios paired by repetition (a time to target over the reference arm's, one per
-  repetition): a Student t interval on the log-ratios (`ratio_interval`), so 3
-  repetitions that agree give a usable interval and 2 that disagree do not.
+  repetition): a Student t interval on the log-ratios (`ratio_interval`), from 3
+  repetitions on (with 2 the spread is one difference: no interval, no ranking).
 
 `separated(a, b)` says whether two intervals do not overlap; `excludes(iv, x)` whether an
 interval lies wholly on one side of x (a ratio's 1.0). `order(items)` returns the
@@ -45,11 +45,14 @@ def bootstrap_mean(values, confidence: float = CONFIDENCE, resamples: int = BOOT
     return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
 
 
-def ratio_interval(ratios, confidence: float = CONFIDENCE) -> tuple[float, float] | None:
+MIN_REPS = 3  # a spread estimated from two repetitions (one difference) is too erratic to rank on
+
+
+def ratio_interval(ratios, confidence: float = CONFIDENCE, min_reps: int = MIN_REPS) -> tuple[float, float] | None:
     """Interval of the typical ratio: exp(mean(log r) +- t * sd(log r) / sqrt(k)) over k
-    paired repetitions (None with fewer than 2, or a non-positive ratio)."""
+    paired repetitions (None with fewer than min_reps, or a non-positive ratio)."""
     r = [float(v) for v in ratios if v is not None]
-    if len(r) < 2 or min(r) <= 0:
+    if len(r) < max(2, min_reps) or min(r) <= 0:
         return None
     from scipy import stats
     logs = np.log(r)
@@ -84,7 +87,7 @@ def order(items: list[tuple[str, float, tuple[float, float] | None]], higher_is_
 
 def fmt_interval(iv, pct: bool = False, digits: int = 2) -> str:
     if iv is None:
-        return "no interval"
+        return f"no interval: fewer than {MIN_REPS} repetitions"
     if pct:
         return f"95% CI {iv[0]:.0%}-{iv[1]:.0%}"
     return f"95% CI {iv[0]:.{digits}f}-{iv[1]:.{digits}f}"
