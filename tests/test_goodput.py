@@ -44,7 +44,8 @@ def test_bootstrap_mean_is_seeded_and_covers_the_mean():
     x = [0.2, 0.9, 0.8, 0.0, 0.95, 0.85, 0.9, 0.7]
     a = intervals.bootstrap_mean(x)
     assert a == intervals.bootstrap_mean(x) and a[0] < np.mean(x) < a[1]
-    assert intervals.bootstrap_mean([0.5, 0.5]) == (0.5, 0.5) and intervals.bootstrap_mean([]) is None
+    assert intervals.bootstrap_mean([0.5] * 6) == (0.5, 0.5) and intervals.bootstrap_mean([]) is None
+    assert intervals.bootstrap_mean([0.2, 0.9, 0.8]) is None  # too few trials for an interval
 
 
 def test_ratio_interval_is_a_t_interval_on_log_ratios():
@@ -90,6 +91,9 @@ def test_goodput_caption_ranks_only_separated_intervals():
     text = captions.goodput(comparisons.goodput_cells(few))
     assert "success rate: indistinguishable at this sample size" in text
     assert "ETTR: indistinguishable at this sample size" in text and ">" not in text.split("; success rate")[1]
+    one = captions.goodput(comparisons.goodput_cells([_trial("elastic", 4, 1, True, 0.9),
+                                                      _trial("scratch", 4, 1, True, 0.3)]))
+    assert "ETTR: indistinguishable" in one  # one trial each: no interval, no ranking
 
 
 def test_straggler_and_consistency_wording_follows_the_interval():

@@ -439,7 +439,7 @@ def goodput_cells(trials: list[dict]) -> Table:
             "success_ci": [lo, hi], "finished": len(ok),
             "ettr_mean": float(np.mean(ettr)), "ettr_ci": list(I.bootstrap_mean(ettr) or (None, None)),
             "ettr_finished_mean": float(np.mean(ettr_ok)) if ettr_ok else None,
-            "ettr_finished_ci": list(I.bootstrap_mean(ettr_ok)) if ettr_ok else None,
+            "ettr_finished_ci": list(I.bootstrap_mean(ettr_ok) or (None, None)),
             "attempts_mean": float(np.mean([t.get("attempts") or 1 for t in ts])),
             "with_faults": sum((t.get("faults_injected") or 0) > 0 for t in ts),
             "faults_mean": float(np.mean([t.get("faults_injected") or 0 for t in ts])),

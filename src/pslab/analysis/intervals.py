@@ -3,7 +3,7 @@ the intervals separate.
 
 - rates (success rate): Wilson score intervals (`wilson`, pslab.sim's);
 - means of per-trial values (ETTR): a seeded percentile bootstrap of the mean
-  (`bootstrap_mean`);
+  (`bootstrap_mean`), from 5 trials on;
 - ratios paired by repetition (a time to target over the reference arm's, one per
   repetition): a Student t interval on the log-ratios (`ratio_interval`), from 3
   repetitions on (with 2 the spread is one difference: no interval, no ranking).
@@ -30,12 +30,15 @@ def wilson(successes: int, trials: int, confidence: float = CONFIDENCE) -> tuple
     return wilson_interval(successes, trials, confidence)
 
 
+MIN_TRIALS = 5  # a bootstrap of fewer values is a handful of points, not an interval
+
+
 def bootstrap_mean(values, confidence: float = CONFIDENCE, resamples: int = BOOTSTRAP_RESAMPLES,
-                   seed: int = 0) -> tuple[float, float] | None:
-    """Percentile bootstrap interval of the mean of `values` (None values dropped; None if
-    none is left). Seeded: the same values give the same interval."""
+                   seed: int = 0, min_n: int = MIN_TRIALS) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the mean of `values` (None values dropped; None
+    with fewer than min_n left). Seeded: the same values give the same interval."""
     x = np.array([float(v) for v in values if v is not None and np.isfinite(v)], float)
-    if x.size == 0:
+    if x.size == 0 or x.size < min_n:
         return None
     if x.size == 1 or np.ptp(x) == 0:
         return float(x.mean()), float(x.mean())
@@ -87,7 +90,7 @@ def order(items: list[tuple[str, float, tuple[float, float] | None]], higher_is_
 
 def fmt_interval(iv, pct: bool = False, digits: int = 2) -> str:
     if iv is None:
-        return f"no interval: fewer than {MIN_REPS} repetitions"
+        return "no interval: too few repetitions"
     if pct:
         return f"95% CI {iv[0]:.0%}-{iv[1]:.0%}"
     return f"95% CI {iv[0]:.{digits}f}-{iv[1]:.{digits}f}"
