@@ -104,6 +104,9 @@ def test_straggler_and_consistency_wording_follows_the_interval():
     assert "sooner" in captions._vs(row, "time_vs_bsp")
     row["time_vs_bsp_ci"] = (0.4, 1.6)
     assert "indistinguishable" in captions._vs(row, "time_vs_bsp")
+    row["time_vs_bsp_ci"] = None  # fewer than 3 repetitions
+    assert "too few repetitions to rank" in captions._vs(row, "time_vs_bsp")
+    assert "too few repetitions to rank" in captions._gain("ASP", "BSP", "reached the target", 0.3, None)
 
 
 # ------------------------------------------------------------------ the harness

@@ -65,6 +65,8 @@ def _iv(x):
 def _vs(r: dict, key: str) -> str:
     """'ssp2 0.77x (95% CI 0.70-0.85, fewer/sooner)' or '... indistinguishable ...'."""
     v, iv = r[key], _iv(r.get(key + "_ci"))
+    if iv is None:
+        return f"{r['arm']} {v:.2f}x (too few repetitions to rank)"
     word = "fewer" if key.startswith("examples") else "sooner"
     verdict = (word if iv[1] < 1 else "more" if word == "fewer" else "later") if I.excludes(iv) else I.INDISTINCT
     return f"{r['arm']} {v:.2f}x ({I.fmt_interval(iv)}: {verdict})"
@@ -155,8 +157,9 @@ def stragglers(runs, manifest: dict | None = None) -> str:
             x = at.get(a)
             if x and x.get("train_time_vs_fault_free"):
                 iv = _iv(x.get("train_time_vs_fault_free_ci"))
-                slow.append(f"{name} {x['train_time_vs_fault_free']:.2f}x ({I.fmt_interval(iv)}"
-                            + ("" if I.excludes(iv) else f"; {I.INDISTINCT} from no slowdown") + ")")
+                slow.append(f"{name} {x['train_time_vs_fault_free']:.2f}x ("
+                            + ("too few repetitions for an interval" if iv is None else I.fmt_interval(iv)
+                               + ("" if I.excludes(iv) else f"; {I.INDISTINCT} from no slowdown")) + ")")
         part = (f"one worker slowed {f}x: training took " + " and ".join(slow) + " as long as without it") if slow \
             else f"one worker slowed {f}x"
         for arm, name in (("ps-ssp", "SSP (s=4)"), ("ps-asp", "ASP")):
@@ -181,8 +184,9 @@ def stragglers(runs, manifest: dict | None = None) -> str:
 def _gain(name: str, other: str, what: str, gain: float, ci) -> str:
     """'ASP reached the target 28% sooner than BSP (95% CI 20%-35%)', or indistinguishable."""
     iv = _iv(ci)
-    ratio = (f"time ratio {1 - gain:.2f}, " + (f"95% CI {1 - iv[1]:.2f}-{1 - iv[0]:.2f}" if iv else
-                                                 f"fewer than {I.MIN_REPS} paired repetitions: no interval"))
+    if iv is None:
+        return f"{name} vs {other}: time ratio {1 - gain:.2f} (too few repetitions to rank)"
+    ratio = f"time ratio {1 - gain:.2f}, 95% CI {1 - iv[1]:.2f}-{1 - iv[0]:.2f}"
     if I.excludes(iv, 0.0):
         return f"{name} {what} {_signed_pct(gain)} than {other} ({ratio})"
     return f"{name} and {other}: {I.INDISTINCT} ({ratio})"
