@@ -238,7 +238,8 @@ def record(contender: str, n: int, seed: int, s: dict, p: dict, ref: dict | None
             "success": bool(finished and auc is not None and ref_auc is not None
                             and abs(auc - ref_auc) <= AUC_TOLERANCE) if ref_auc is not None else finished,
             "test_auc": auc, "reference_auc": ref_auc, "reason": None if finished else s.get("reason"),
-            "restarts_by": "harness" if attempts else "launcher"}
+            "restarts_by": "harness" if attempts else "launcher", "max_restarts": p["max_restarts"],
+            "replication": 2 if contender == "ps" else None, "steps": s.get("steps")}
     for k in ("attempts", "checkpoints", "faults_injected", "failures_detected"):
         line[k] = int(line[k] or 0) if k != "attempts" else int(line[k] or 1)
     return line
