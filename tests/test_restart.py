@@ -123,3 +123,14 @@ def test_fault_free_runs_report_ettr_above_point_nine(launch, n, args):
     run = launch(n, *args, deadline=DEADLINE)
     assert run["status"] == "succeeded" and run["attempts"] == 1
     assert run["ettr"] > 0.9 and run["startup_s"] > 0 and run["job_wall_s"] > 0
+
+
+@pytest.mark.slow
+def test_elastic_job_survives_the_death_of_rank_zero_by_a_restart(launch):
+    run = launch(4, "--max-restarts", "1", *AR, "backend.elastic=true", "backend.checkpoint_every=10",
+                 "faults=kill_coordinator", deadline=DEADLINE)
+    s = run.summary
+    assert s["status"] == "succeeded", s.get("reason")
+    assert s["attempts"] == 2 and s["attempt_list"][1]["start_step"] == 10
+    assert "world rank 0" in s["attempt_list"][0]["reason"]
+    assert s["rows_applied"] == s["rows_planned"] and s["faults_injected"] == 1

@@ -201,6 +201,16 @@ def test_allreduce_checkpoint_round_trip_and_resume_over_fewer_ranks(tmp_path):
         arckpt.restore(FakeTrainer(4, other_seed), info, [0, 1, 2, 3])
 
 
+def test_checkpoint_interval_in_seconds(tmp_path):
+    from omegaconf import OmegaConf
+
+    ck = arckpt.Checkpointer(OmegaConf.create({"backend": {"checkpoint_every_s": 0.2}, "train": {"seed": 0}}),
+                             FakeRec(tmp_path))
+    assert ck.on and not ck.due(1)
+    time.sleep(0.25)
+    assert ck.due(2)
+
+
 def test_a_torn_checkpoint_is_never_picked(tmp_path):
     root = tmp_path / "attempts" / "0" / "checkpoints"
     good, torn = root / "step-00000010", root / "step-00000020"
@@ -234,3 +244,10 @@ def test_survivors_of_a_dead_rank():
               {"kind": "step_timeout", "rank": 0, "stale_ranks": [2]},
               {"kind": "failure_detected", "rank": 1}]
     assert restart.dead_ranks(events) == {2, 3}
+
+
+def test_ps_refuses_a_restart_with_the_survivors(tmp_path, capsys):
+    code = main(["-n", "6", "--run-dir", str(tmp_path / "r"), "--max-restarts", "1", "--restart-ranks",
+                 "survivors", "backend=ps", "backend.servers=2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--restart-ranks survivors: backend=ps" in err[0], err
