@@ -21,7 +21,7 @@ from sweep import Arm
 
 NAME = "consistency"
 PRESETS = {
-    "small": dict(workers=3, staleness=[1, 2, 4, 8], reps=2, extra=[], factor=3),
+    "small": dict(workers=3, staleness=[1, 2, 4, 8], reps=3, extra=[], factor=3),
     "large": dict(workers=8, staleness=[1, 2, 4, 8, 16], reps=3,
                   extra=["data.rows=196608", "data.test_rows=20000", "train.batch_size=256"], factor=3),
 }

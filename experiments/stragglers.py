@@ -32,7 +32,7 @@ NAME = "stragglers"
 # exists in conf/backend/ps.yaml is used.
 BACKUP_OPTIONS = ["backend.backup_workers", "backend.backup_instances", "backend.backup"]
 PRESETS = {
-    "small": dict(workers=3, factors=[3, 10], reps=2, extra=[]),
+    "small": dict(workers=3, factors=[3, 10], reps=3, extra=[]),
     "large": dict(workers=8, factors=[2, 3, 5, 10], reps=3,
                   extra=["data.rows=196608", "data.test_rows=20000", "train.batch_size=256"]),
 }

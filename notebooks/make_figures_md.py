@@ -28,14 +28,21 @@ HEADER = """\
 Each comparison of the brief is an experiment (`experiments/<name>.py`, a sweep of launches
 writing `results/<name>/`), a notebook that only reads and plots (`notebooks/`), and a
 figure under `results/figures/`. `make reproduce` reruns all of them at the small preset
-(19-27 minutes on a 2-core machine with nothing else running, 39 under heavy load; the
-budget is 45; `make reproduce PRESET=large` for bigger machines) and
-redraws every figure. The numbers below are the committed small-preset results (one
-2-core machine, shared and oversubscribed: timings are medians and ratios within one
-sweep; bytes, steps, failures and memory do not depend on the scheduler).
+(the budget is 45 minutes on a 2-core machine; the goodput step starts no trial after 15
+minutes; `make reproduce PRESET=large` for bigger machines) and redraws every figure.
+The numbers below are the committed results (one 2-core machine, shared and
+oversubscribed: timings are medians and ratios within one sweep; bytes, steps, failures
+and memory do not depend on the scheduler); goodput's are the 20-trials-a-cell run
+(`experiments/goodput.py --preset full`). A caption ranks two arms only where their 95%
+intervals separate.
 """
 
 FIGS = [
+    ("goodput", "00_goodput", "Goodput (ETTR) and success rate under kills and hangs",
+     "ETTR (productive / wall time; a failed job counts 0; bootstrap 95% intervals) and job success rate "
+     "(Wilson 95%) at 4, 8 and 16 ranks under one seeded per-rank hazard of kills and hangs (rank 0 at risk), "
+     "for classic allreduce restarted from scratch, classic allreduce with checkpoint-restart (Young/Daly), "
+     "elastic allreduce and the PS (R=2), paired seeds across contenders."),
     ("success_rate", "01_success_rate", "Job success rate vs number of workers",
      "measured success rate (95% Wilson intervals, up to 16 ranks) under a per-rank failure hazard for classic "
      "MPI allreduce, elastic (ULFM) allreduce and the PS, with the simulator's curves to 10,000 workers and the "
@@ -78,7 +85,11 @@ def conclusions(root: Path) -> dict:
 
     sim = S.load_sim(root)
     out = {}
+    from pslab.analysis import comparisons
+    from pslab.analysis.io import read_jsonl
+    gp = read_jsonl(root / "goodput" / "trials.jsonl") or read_jsonl(root / "goodput_small" / "trials.jsonl")
     for name, fn in (
+            ("goodput", lambda: captions.goodput(comparisons.goodput_cells(gp))),
             ("success_rate", lambda: captions.success_rate(S.success_trials(root), sim["curves"])),
             ("consistency", lambda: captions.consistency(runs("consistency"))),
             ("traffic", lambda: captions.traffic(runs("traffic"))),

@@ -42,6 +42,41 @@ def runs_of(name):
 """
 
 NOTEBOOKS = {
+    "00_goodput": {
+        "title": "0. Goodput (ETTR) and success rate under kills and hangs (the headline)",
+        "intro": """\
+**Question.** Nobody runs a large synchronous job without checkpoints today (Llama 3,
+OPT-175B and MegaScale restart automatically from the last one). Under one seeded per-rank
+hazard of kills and hangs, rank 0 at risk too, what share of the wall time is productive
+(ETTR) and what share of jobs finish, for classic allreduce restarted from scratch,
+classic allreduce with checkpoint-restart at Young/Daly's interval, elastic allreduce
+(ULFM) and the parameter server (R=2)? Anchors: Llama 3 and MegaScale report ETTR above
+90%; Young (1974) / Daly (2006): checkpoint every sqrt(2 C M).
+
+**Data.** `results/goodput/trials.jsonl` (experiments/goodput.py --preset full: 20+
+paired trials a cell), `cells.json` next to it. Rerun: `.venv/bin/python
+experiments/goodput.py --preset full` (resumes).""",
+        "cells": [
+            """\
+from pslab.analysis.io import read_jsonl
+
+trials = read_jsonl(RESULTS / "goodput" / "trials.jsonl") or read_jsonl(RESULTS / "goodput_small" / "trials.jsonl")
+meta = read_json(RESULTS / "goodput" / "meta.json") or {}
+print(f"{len(trials)} trials; hazard {meta.get('rate_per_s')} per rank per second; restarts by "
+      f"{meta.get('restarts_by')}; skipped: {meta.get('skipped')}")
+cells = C.goodput_cells(trials)
+cells""",
+            """\
+fig, path = figures.fig_goodput(trials)
+display(Image(filename=str(path)))""",
+            "print(captions.goodput(cells))",
+        ],
+        "outro": """\
+ETTR = productive training time / (productive + checkpoint + restart + redone +
+detection time), start-up of the first attempt left out; a job that never finishes
+counts 0. Intervals: Wilson for rates, a seeded bootstrap for ETTR means; the caption
+ranks two contenders only where their intervals do not overlap.""",
+    },
     "01_success_rate": {
         "title": "1. Job success rate vs number of workers (the headline)",
         "intro": """\

@@ -101,7 +101,8 @@ def test_consistency_rows(results):
     assert rows["ssp4"]["speedup_vs_bsp"] == pytest.approx(0.8 / 0.5, rel=0.05)
     assert rows["bsp"]["idle_fraction"] == pytest.approx(0.5)  # worker 1, the slowed one, left out
     assert rows["bsp-nostraggler"]["idle_fraction"] == pytest.approx(0.35)
-    assert "the examples BSP needed" in captions.consistency(load_runs("consistency"))
+    text = captions.consistency(load_runs("consistency"))
+    assert "examples to the target log-loss vs BSP: ssp4" in text and "too few repetitions to rank" in text  # 2 reps
 
 
 def test_figures_are_written_atomically(results):
@@ -110,7 +111,8 @@ def test_figures_are_written_atomically(results):
     assert path.parent == results / "figures" and path.stat().st_size > 10_000
     assert not [p for p in path.parent.iterdir() if ".tmp" in p.name]
     # every figure function copes with no data at all
-    for fn in (figures.fig_traffic, figures.fig_recovery, figures.fig_stragglers, figures.fig_scalability):
+    for fn in (figures.fig_traffic, figures.fig_recovery, figures.fig_stragglers, figures.fig_scalability,
+               figures.fig_goodput):
         assert fn([])[1].exists()
     assert figures.fig_success_rate([], None)[1].exists()
     assert figures.fig_sim_validation([])[1].exists()

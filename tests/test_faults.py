@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -210,6 +211,38 @@ def test_hazard_eligibility_and_cap():
     default = parse_hazard({"kind": "constant", "rate_per_s": 0.1})
     assert 0 not in schedule(default, 0, AR4) and len(schedule(default, 0, AR4)) == 3  # rank 0 spared
     assert 0 in schedule(parse_hazard({"kind": "constant", "rate_per_s": 0.1, "exclude_ranks": []}), 0, AR4)
+
+
+def test_hazard_action_mix_draws_each_ranks_action_by_weight_and_keeps_its_time():
+    mix = parse_hazard({"kind": "constant", "rate_per_s": 0.05, "actions": {"kill": 0.7, "hang": 0.3}})
+    assert mix.to_dict()["actions"] == {"kill": 0.7, "hang": 0.3}
+    got = [hazard.rank_action(mix, s, r) for s in range(50) for r in range(40)]
+    assert set(got) == {"kill", "hang"} and abs(got.count("hang") / len(got) - 0.3) < 0.03
+    assert got == [hazard.rank_action(mix, s, r) for s in range(50) for r in range(40)]  # seeded
+    # the failure time of a rank is that of the same seed without the mix (paired trials)
+    assert [rank_failure_time(mix, 5, r) for r in range(8)] == [rank_failure_time(CONST, 5, r) for r in range(8)]
+    assert hazard.my_failure_time(mix, 5, "worker", 3, 3, AR4)["action"] == hazard.rank_action(mix, 5, 3)
+    assert hazard.rank_action(CONST, 5, 3) == "kill"  # no mix: the single action
+    only_hang = parse_hazard({"kind": "constant", "rate_per_s": 0.05, "actions": {"kill": 0, "hang": 2}})
+    assert {hazard.rank_action(only_hang, s, 1) for s in range(30)} == {"hang"}
+
+
+@pytest.mark.parametrize("actions, key", [
+    ({}, "faults.hazard.actions={}"),
+    ({"reboot": 1}, "faults.hazard.actions.reboot='reboot'"),
+    ({"kill": -1}, "faults.hazard.actions.kill=-1"),
+    ({"kill": 0, "hang": 0}, "the weights sum to 0"),
+    ({"kill": "a lot"}, "faults.hazard.actions.kill='a lot'"),
+])
+def test_hazard_action_mix_is_validated_naming_the_key(actions, key):
+    with pytest.raises(FaultPlanError, match=re.escape(key)):
+        parse_hazard({"kind": "constant", "rate_per_s": 0.05, "actions": actions})
+
+
+def test_hazard_config_takes_an_action_mix_override():
+    cfg = load_config(["faults=hazard", "faults.hazard.actions={kill:0.7,hang:0.3}"])
+    assert parse_plan(cfg.faults).hazard.actions == (("kill", 0.7), ("hang", 0.3))
+    assert parse_plan(load_config(["faults=hazard"]).faults).hazard.actions is None
 
 
 # ------------------------------------------------------------------ triggers (fake recorder)

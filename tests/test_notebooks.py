@@ -15,7 +15,7 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 # the figure(s) each notebook must write
-FIGURES = {"01_success_rate": ["success_rate"], "02_consistency": ["consistency"], "03_traffic": ["traffic"],
+FIGURES = {"00_goodput": ["goodput"], "01_success_rate": ["success_rate"], "02_consistency": ["consistency"], "03_traffic": ["traffic"],
            "04_recovery": ["recovery"], "05_stragglers": ["stragglers"], "06_scalability": ["scalability"],
            "07_simulator": ["sim_validation", "sim_curves", "goodput_scale"]}
 

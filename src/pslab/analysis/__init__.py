@@ -15,14 +15,14 @@ calibrated and validated on the measured results, curves to 10,000 workers),
 `goodput_scale` (the headline: ETTR vs workers to 16,384 for the four contenders under each
 hazard preset, its figure and its one-sentence conclusion).
 """
-from . import captions, comparisons, figures, io, metrics, simulation, tables
+from . import captions, comparisons, figures, intervals, io, metrics, simulation, tables
 from .io import (figures_dir, load_events, load_metrics, load_ranks, load_runs, load_trials, results_root,
                  save_run)
 from .metrics import (bytes_per_step, eval_series, idle_fraction, success_rates, target_from,
                       time_to_target, train_start_t, wilson)
 from .tables import Table, aggregate, get, group, median, table, where
 
-__all__ = ["captions", "comparisons", "figures", "io", "metrics", "simulation", "tables",
+__all__ = ["captions", "comparisons", "figures", "intervals", "io", "metrics", "simulation", "tables",
            "figures_dir", "load_events", "load_metrics", "load_ranks", "load_runs", "load_trials",
            "results_root", "save_run",
            "bytes_per_step", "eval_series", "idle_fraction", "success_rates", "target_from",

@@ -8,6 +8,7 @@ sentences; where an arm is missing it says so instead of concluding.
 from __future__ import annotations
 
 from . import comparisons as C
+from . import intervals as I
 from . import metrics as M
 
 
@@ -23,29 +24,29 @@ def _range(vals) -> str:
 
 
 def consistency(runs) -> str:
+    """Each SSP/ASP arm against BSP (paired by repetition, 95% t intervals on the log
+    ratios): "fewer examples" or "sooner" only where the interval excludes 1, else
+    indistinguishable; no "best" staleness unless its interval separates from the others'."""
     rows = {r["arm"]: r for r in C.consistency_rows(runs)}
     if "bsp" not in rows:
         return "No BSP run with a straggler in results/consistency yet."
     b = rows["bsp"]
-    ssp = [r for a, r in rows.items() if a.startswith("ssp") and r["examples_vs_bsp"] is not None]
+    others = [r for a, r in rows.items() if (a.startswith("ssp") or a == "asp")]
     a = rows.get("asp")
-    parts = []
-    if ssp:
-        lo = min(r["examples_vs_bsp"] for r in ssp)
-        hi = max(r["examples_vs_bsp"] for r in ssp)
-        parts.append(f"With one of {_workers(runs)} workers slowed {b['straggler'] or 3}x, SSP (s = "
-                     + ", ".join(str(r["staleness"]) for r in ssp)
-                     + f") reached the target log-loss after {lo:.2f}-{hi:.2f}x the examples BSP needed"
-                     + (f" and ASP after {a['examples_vs_bsp']:.2f}x" if a and a.get("examples_vs_bsp") else "")
+    reps = min((len(r["time_vs_bsp_reps"]) for r in others if r["time_vs_bsp_reps"]), default=0)
+    parts = [f"With one of {_workers(runs)} workers slowed {b['straggler'] or 3}x ({reps} paired repetitions an arm; "
+             "95% intervals of the ratio to BSP)"]
+    ex = [r for r in others if r["examples_vs_bsp"] is not None]
+    if ex:
+        parts.append("examples to the target log-loss vs BSP: " + ", ".join(_vs(r, "examples_vs_bsp") for r in ex)
                      + " (SSP and ASP apply each push as it arrives; BSP sums a clock's pushes into one update)")
-    timed = [r for r in ssp if r.get("time_vs_bsp")]
+    timed = [r for r in others if r.get("time_vs_bsp")]
     if timed:
-        best = min(timed, key=lambda r: r["time_vs_bsp"])
-        parts.append(f"in wall time the best, s={best['staleness']}, took {best['time_vs_bsp']:.2f}x BSP's time to the "
-                     f"target{_range(best['time_vs_bsp_reps'])}"
-                     + (f", ASP {a['time_vs_bsp']:.2f}x{_range(a['time_vs_bsp_reps'])}" if a and a.get("time_vs_bsp")
-                        else "")
-                     + " (OSDI'14: delay 8 at 1/1.6 = 0.63x; wall time on this shared 2-core machine is noisy)")
+        parts.append("wall time to the target vs BSP: " + ", ".join(_vs(r, "time_vs_bsp") for r in timed)
+                     + " (OSDI'14: delay 8 at 1/1.6 = 0.63x)")
+        best = I.order([(r["arm"], -r["time_vs_bsp"], _iv(r.get("time_vs_bsp_ci"))) for r in timed])
+        parts.append(f"fastest to the target: {best[0]}" if best else
+                     f"which staleness is fastest is {I.INDISTINCT}")
     if a and a.get("staleness_max") is not None:
         parts.append(f"ASP served pulls up to {a['staleness_max']:.0f} clocks stale (mean {a['staleness_mean']:.0f}), "
                      f"SSP never more than s")
@@ -54,7 +55,21 @@ def consistency(runs) -> str:
                      + (f" and {_pct(a['idle_fraction'])} under ASP" if a and a.get("idle_fraction") is not None else "")
                      + " (with 5 processes on 2 cores most waiting is for a CPU, so OSDI'14's 50% / 1.7% are not "
                        "comparable)")
-    return "; ".join(parts) + "." if parts else "Not enough successful runs to conclude."
+    return "; ".join(parts) + "."
+
+
+def _iv(x):
+    return tuple(x) if x else None
+
+
+def _vs(r: dict, key: str) -> str:
+    """'ssp2 0.77x (95% CI 0.70-0.85, fewer/sooner)' or '... indistinguishable ...'."""
+    v, iv = r[key], _iv(r.get(key + "_ci"))
+    if iv is None:
+        return f"{r['arm']} {v:.2f}x (too few repetitions to rank)"
+    word = "fewer" if key.startswith("examples") else "sooner"
+    verdict = (word if iv[1] < 1 else "more" if word == "fewer" else "later") if I.excludes(iv) else I.INDISTINCT
+    return f"{r['arm']} {v:.2f}x ({I.fmt_interval(iv)}: {verdict})"
 
 
 def _workers(runs) -> str:
@@ -130,33 +145,51 @@ def recovery(runs, manifest: dict | None = None) -> str:
 
 
 def stragglers(runs, manifest: dict | None = None) -> str:
+    """Slowdowns against the fault-free run and gains against waiting (BSP) or against ASP
+    without backups, each with its 95% interval over paired repetitions; a direction
+    ("sooner", "later", "slower") only where the interval excludes no change."""
     rows = list(C.straggler_rows(runs))
     bits = []
     for f in sorted({r["straggler"] for r in rows if (r["straggler"] or 1) > 1}):
         at = {r["arm"].split("-x")[0]: r for r in rows if r["straggler"] == f}
-        slow = [f"{name} {at[a]['train_time_vs_fault_free']:.2f}x" for a, name in (("ps-bsp", "PS BSP"),
-                                                                                ("allreduce", "allreduce"))
-                if a in at and at[a].get("train_time_vs_fault_free")]
-        ar = at.get("allreduce", {}).get("train_time_vs_fault_free")
-        if ar and ar < 1.05:
-            # An allreduce straggler stretches only its gradient computation (the exchange is
-            # collective), which can be a small part of a step: then the runs differ by noise.
-            slow[-1] += " (within run-to-run noise: it slows only the gradient computation, a small part of its step)"
-        part = f"one worker slowed {f}x: training took " + " and ".join(slow) + " as long as without it" if slow \
+        slow = []
+        for a, name in (("ps-bsp", "PS BSP"), ("allreduce", "allreduce")):
+            x = at.get(a)
+            if x and x.get("train_time_vs_fault_free"):
+                iv = _iv(x.get("train_time_vs_fault_free_ci"))
+                slow.append(f"{name} {x['train_time_vs_fault_free']:.2f}x ("
+                            + ("too few repetitions for an interval" if iv is None else I.fmt_interval(iv)
+                               + ("" if I.excludes(iv) else f"; {I.INDISTINCT} from no slowdown")) + ")")
+        part = (f"one worker slowed {f}x: training took " + " and ".join(slow) + " as long as without it") if slow \
             else f"one worker slowed {f}x"
         for arm, name in (("ps-ssp", "SSP (s=4)"), ("ps-asp", "ASP")):
             x = at.get(arm)
             if x and x.get("time_to_target_gain_vs_wait") is not None:
-                part += f", {name} reached the target {_signed_pct(x['time_to_target_gain_vs_wait'])} than BSP"
+                part += ", " + _gain(name, "BSP", "reached the target", x["time_to_target_gain_vs_wait"],
+                                     x.get("time_to_target_gain_vs_wait_ci"))
         b = at.get("ps-backup")
         if b and b.get("train_time_gain_vs_nobackup") is not None:
-            part += (f", backup instances (on ASP; {b['backups_launched'] or 0:.0f} launched per run) finished training "
-                     f"{_signed_pct(b['train_time_gain_vs_nobackup'])} than ASP without them (KunPeng: 10-20% faster)")
+            part += ", " + _gain(f"backup instances (on ASP; {b['backups_launched'] or 0:.0f} launched per run)",
+                                 "ASP without them", "finished training", b["train_time_gain_vs_nobackup"],
+                                 b.get("train_time_gain_vs_nobackup_ci")) + " (KunPeng: 10-20% faster)"
         bits.append(part)
     skipped = [a["label"] for a in (manifest or {}).get("arms", []) if a.get("skipped")]
     if skipped:
         bits.append("not measured yet: " + ", ".join(skipped) + " (PS backup instances not built)")
-    return ("; ".join(bits) + ".") if bits else "No straggler runs yet."
+    reps = max((r["succeeded"] for r in rows), default=0)
+    return (f"Over {reps} paired repetitions an arm (95% intervals): " + "; ".join(bits) + ".") if bits \
+        else "No straggler runs yet."
+
+
+def _gain(name: str, other: str, what: str, gain: float, ci) -> str:
+    """'ASP reached the target 28% sooner than BSP (95% CI 20%-35%)', or indistinguishable."""
+    iv = _iv(ci)
+    if iv is None:
+        return f"{name} vs {other}: time ratio {1 - gain:.2f} (too few repetitions to rank)"
+    ratio = f"time ratio {1 - gain:.2f}, 95% CI {1 - iv[1]:.2f}-{1 - iv[0]:.2f}"
+    if I.excludes(iv, 0.0):
+        return f"{name} {what} {_signed_pct(gain)} than {other} ({ratio})"
+    return f"{name} and {other}: {I.INDISTINCT} ({ratio})"
 
 
 def _signed_pct(gain: float) -> str:
@@ -223,3 +256,42 @@ def simulator(validation_rows) -> str:
     inside = sum(r["inside"] for r in validation_rows)
     return (f"{inside} of {len(validation_rows)} measured cells have the simulated success rate inside the "
             "measured 95% Wilson interval.")
+
+
+def goodput(cells) -> str:
+    """Per size: the contenders ranked by success rate and by ETTR only where their 95%
+    intervals separate (Wilson; bootstrap of the mean), else said to be indistinguishable."""
+    cells = list(cells)
+    if not cells:
+        return "No goodput trials yet (results/goodput/trials.jsonl)."
+    bits = []
+    for n in sorted({c["ranks"] for c in cells}):
+        at = [c for c in cells if c["ranks"] == n]
+        desc = ", ".join(f"{c['contender']} {c['successes']}/{c['trials']} (ETTR {c['ettr_mean']:.2f}, "
+                         f"{I.fmt_interval(tuple(c['ettr_ci']) if c['ettr_ci'][0] is not None else None)})"
+                         for c in at)
+        part = f"at {n} ranks: {desc}; " + _ranking("success rate", [
+            (c["contender"], c["success_rate"], tuple(c["success_ci"])) for c in at])
+        part += "; " + _ranking("ETTR", [(c["contender"], c["ettr_mean"], tuple(c["ettr_ci"])
+                                          if c["ettr_ci"][0] is not None else None) for c in at])
+        bits.append(part)
+    trials = min(c["trials"] for c in cells)
+    return (f"With {trials}+ paired trials a cell (95% intervals: Wilson for rates, bootstrap for ETTR means; a "
+            "failed job counts ETTR 0): " + "; ".join(bits) + ". Production anchors: Llama 3 and MegaScale report "
+            "ETTR above 90% with automatic checkpoint-restart on 16K and 10K GPUs.")
+
+
+def _ranking(what: str, items) -> str:
+    """The order of items by value where every neighbour's interval separates; pairs that
+    separate otherwise; or that they are indistinguishable."""
+    if len(items) < 2:
+        return ""
+    full = I.order(items)
+    if full:
+        return f"{what}: " + " > ".join(full)
+    above = {a: [b for b, vb, ib in sorted(items, key=lambda t: -t[1]) if va > vb and I.separated(ia, ib)]
+             for a, va, ia in sorted(items, key=lambda t: -t[1])}
+    pairs = [f"{a} > {' and '.join(bs)}" for a, bs in above.items() if bs]
+    if pairs:
+        return f"{what}: " + ", ".join(pairs) + f" (other pairs {I.INDISTINCT})"
+    return f"{what}: {I.INDISTINCT}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import intervals as I
 from . import metrics as M
 from .tables import Table, get, group, median, spread
 
@@ -106,6 +107,8 @@ def consistency_rows(runs, target: float | None = None) -> Table:
         r["examples_vs_bsp"] = paired_ratio(arms[r["arm"]], arms.get("bsp", []), ex) if target else None
         r["time_vs_bsp_reps"] = paired_values(arms[r["arm"]], arms.get("bsp", []), tt) if target else []
         r["examples_vs_bsp_reps"] = paired_values(arms[r["arm"]], arms.get("bsp", []), ex) if target else []
+        r["time_vs_bsp_ci"] = I.ratio_interval(r["time_vs_bsp_reps"]) if r["arm"] != "bsp" else None
+        r["examples_vs_bsp_ci"] = I.ratio_interval(r["examples_vs_bsp_reps"]) if r["arm"] != "bsp" else None
     t = Table(rows, ["arm", "runs", "succeeded", "reached", "time_to_target_s", "speedup_vs_bsp",
                      "examples_to_target", "examples_vs_bsp", "steps_to_target", "train_time_s", "idle_fraction", "staleness_mean",
                      "staleness_max", "final_logloss", "final_auc"],
@@ -299,14 +302,21 @@ def straggler_rows(runs) -> Table:
                 continue
             vs = paired_ratio(arms[r["arm"]], arms[ref["arm"]], fn) if ref else None
             vw = paired_ratio(arms[r["arm"]], arms[wait["arm"]], fn) if wait else None
-            r[k.replace("_s", "") + "_vs_fault_free"] = vs
-            r[k.replace("_s", "") + "_gain_vs_wait"] = None if vw is None else 1 - vw
+            key = k.replace("_s", "")
+            r[key + "_vs_fault_free"] = vs
+            r[key + "_vs_fault_free_ci"] = I.ratio_interval(paired_values(arms[r["arm"]], arms[ref["arm"]], fn)) \
+                if ref and ref is not r else None
+            r[key + "_gain_vs_wait"] = None if vw is None else 1 - vw
+            r[key + "_gain_vs_wait_ci"] = _gain_ci(paired_values(arms[r["arm"]], arms[wait["arm"]], fn)) \
+                if wait and wait is not r else None
             # backup instances run on top of a consistency model (params "base"): their own
             # gain is against that model without them, same straggler
             base = next((x for x in rows if x["backend"] == r["backend"] and x["straggler"] == r["straggler"]
                          and x["mitigation"] == r.get("base")), None) if r["mitigation"] == "backup" else None
             vb = paired_ratio(arms[r["arm"]], arms[base["arm"]], fn) if base else None
-            r[k.replace("_s", "") + "_gain_vs_nobackup"] = None if vb is None else 1 - vb
+            r[key + "_gain_vs_nobackup"] = None if vb is None else 1 - vb
+            r[key + "_gain_vs_nobackup_ci"] = _gain_ci(paired_values(arms[r["arm"]], arms[base["arm"]], fn)) \
+                if base else None
     t = Table(rows, ["arm", "straggler", "succeeded", "train_time_s", "train_time_vs_fault_free",
                      "train_time_gain_vs_wait", "train_time_gain_vs_nobackup", "time_to_target_s",
                      "time_to_target_vs_fault_free", "time_to_target_gain_vs_wait", "time_to_target_gain_vs_nobackup",
@@ -314,6 +324,12 @@ def straggler_rows(runs) -> Table:
               title=f"stragglers (target log-loss {target:.4f})" if target else "stragglers")
     t.target = target
     return t
+
+
+def _gain_ci(ratios) -> tuple[float, float] | None:
+    """The 95% interval of a gain 1 - ratio, from the paired ratios (see intervals)."""
+    iv = I.ratio_interval(ratios)
+    return None if iv is None else (1 - iv[1], 1 - iv[0])
 
 
 # --------------------------------------------------------------------------- 6. scalability
@@ -395,3 +411,64 @@ def largest_model(runs, budget_bytes: float = 2 * GIB) -> Table:
     return t
 
 
+
+
+# --------------------------------------------------------------------------- 1. goodput
+
+GOODPUT_ORDER = ["scratch", "ckpt_restart", "elastic", "ps"]
+GOODPUT_LABELS = {"scratch": "classic allreduce, restarted from scratch",
+                  "ckpt_restart": "classic allreduce, checkpoint-restart (Young/Daly)",
+                  "elastic": "elastic allreduce (ULFM)", "ps": "parameter server (R=2)"}
+
+
+def goodput_cells(trials: list[dict]) -> Table:
+    """One row per (contender, ranks) of results/goodput/trials.jsonl: success rate with
+    its Wilson 95% interval, ETTR's mean with a bootstrap 95% interval (a failed trial
+    counts 0: no model delivered) and its mean over the finished trials, attempts,
+    faults, and the unproductive time split (medians)."""
+    rows = []
+    for (c, n), ts in group(trials, "contender", "ranks").items():
+        ok = [t for t in ts if t.get("status") == "succeeded"]
+        succ = sum(bool(t.get("success", t.get("status") == "succeeded")) for t in ts)
+        ettr = [float(t["ettr"]) if t.get("status") == "succeeded" and t.get("ettr") is not None else 0.0
+                for t in ts]
+        ettr_ok = [float(t["ettr"]) for t in ok if t.get("ettr") is not None]
+        lo, hi = I.wilson(succ, len(ts))
+        rows.append({
+            "contender": c, "ranks": n, "trials": len(ts), "successes": succ, "success_rate": succ / len(ts),
+            "success_ci": [lo, hi], "finished": len(ok),
+            "ettr_mean": float(np.mean(ettr)), "ettr_ci": list(I.bootstrap_mean(ettr) or (None, None)),
+            "ettr_finished_mean": float(np.mean(ettr_ok)) if ettr_ok else None,
+            "ettr_finished_ci": list(I.bootstrap_mean(ettr_ok) or (None, None)),
+            "attempts_mean": float(np.mean([t.get("attempts") or 1 for t in ts])),
+            "with_faults": sum((t.get("faults_injected") or 0) > 0 for t in ts),
+            "faults_mean": float(np.mean([t.get("faults_injected") or 0 for t in ts])),
+            "checkpoint_every": median(t.get("checkpoint_every") for t in ts),
+            "wall_s": median(t.get("wall_s") for t in ts),
+            **{f"{k}_median": median(t.get(k) for t in ok) for k in
+               ("productive_s", "checkpoint_s", "restart_s", "redone_s", "detect_s")},
+            "workers": median(t.get("workers") for t in ts), "servers": median(t.get("servers") for t in ts),
+        })
+    pos = {c: i for i, c in enumerate(GOODPUT_ORDER)}
+    rows.sort(key=lambda r: (r["ranks"], pos.get(r["contender"], 99)))
+    return Table(rows, ["contender", "ranks", "trials", "successes", "success_rate", "success_ci", "ettr_mean",
+                        "ettr_ci", "ettr_finished_mean", "attempts_mean", "faults_mean", "checkpoint_every",
+                        "wall_s"],
+                 title="goodput: success rate (Wilson 95%) and ETTR (bootstrap 95%, failed trials count 0)")
+
+
+def goodput_markdown(cells) -> str:
+    """cells as a markdown table."""
+    head = ("| contender | ranks | trials | success | 95% CI | ETTR mean | 95% CI | ETTR (finished) | attempts | "
+            "faults/trial | ckpt every |\n|---|---:|---:|---:|---|---:|---|---:|---:|---:|---:|")
+    lines = [head]
+    for r in cells:
+        ci = r["ettr_ci"]
+        lines.append(
+            f"| {r['contender']} | {r['ranks']} | {r['trials']} | {r['successes']}/{r['trials']} "
+            f"({r['success_rate']:.0%}) | {r['success_ci'][0]:.0%}-{r['success_ci'][1]:.0%} | {r['ettr_mean']:.2f} | "
+            + (f"{ci[0]:.2f}-{ci[1]:.2f}" if ci and ci[0] is not None else "-") + " | "
+            + (f"{r['ettr_finished_mean']:.2f}" if r["ettr_finished_mean"] is not None else "-")
+            + f" | {r['attempts_mean']:.1f} | {r['faults_mean']:.1f} | "
+            + (f"{r['checkpoint_every']:.0f}" if r["checkpoint_every"] else "-") + " |")
+    return "\n".join(lines)

@@ -3,7 +3,8 @@ under `figures_dir()` (results/figures, or $PSLAB_FIGURES_DIR) and returns
 (figure, path). The experiment scripts call them after a sweep; the notebooks call them
 and show the PNG.
 
-    fig_success_rate(trials, curves)   headline: job success rate vs workers, measured + simulated
+    fig_goodput(trials)                ETTR and success rate vs ranks, four contenders, 95% intervals
+    fig_success_rate(trials, curves)   job success rate vs workers, measured + simulated
     fig_consistency(runs)              BSP vs SSP(s) vs ASP with a straggler
     fig_traffic(runs)                  bytes per step: dense / sparse allreduce / PS / compression
     fig_recovery(runs)                 recovery after a kill, per mechanism
@@ -509,6 +510,56 @@ def fig_sim_curves(curves: dict, out_dir=None):
     return fig, save(fig, "sim_curves", out_dir)
 
 
+GOODPUT_COLORS = {"scratch": "tab:red", "ckpt_restart": "tab:purple", "elastic": "tab:orange", "ps": "tab:blue"}
+
+
+def fig_goodput(trials, out_dir=None, name: str = "goodput"):
+    """Left: ETTR (productive / wall time, failed jobs counted 0) vs ranks, mean and
+    bootstrap 95% interval; right: success rate with Wilson 95% intervals; one line per
+    contender, offset a little along x so the intervals do not hide each other."""
+    cells = list(C.goodput_cells(trials))
+    fig = Figure(figsize=(11, 4.3))
+    ax1, ax2 = fig.subplots(1, 2)
+    if not cells:
+        _empty(ax1, "no goodput trials in results/goodput/trials.jsonl")
+        return fig, save(fig, name, out_dir)
+    ranks = sorted({c["ranks"] for c in cells})
+    present = [k for k in C.GOODPUT_ORDER if any(c["contender"] == k for c in cells)]
+    present += sorted({c["contender"] for c in cells} - set(present))
+    for j, k in enumerate(present):
+        cs = sorted((c for c in cells if c["contender"] == k), key=lambda c: c["ranks"])
+        x = np.array([c["ranks"] for c in cs], float) * 2 ** (0.06 * (j - (len(present) - 1) / 2))
+        col = GOODPUT_COLORS.get(k, "tab:gray")
+        lab = C.GOODPUT_LABELS.get(k, k)
+        e = np.array([c["ettr_mean"] for c in cs])
+        elo = np.array([c["ettr_ci"][0] if c["ettr_ci"][0] is not None else m for c, m in zip(cs, e)])
+        ehi = np.array([c["ettr_ci"][1] if c["ettr_ci"][1] is not None else m for c, m in zip(cs, e)])
+        ax1.errorbar(x, e, yerr=[e - elo, ehi - e], fmt="o-", color=col, capsize=3, label=lab)
+        r = np.array([c["success_rate"] for c in cs])
+        lo = np.array([c["success_ci"][0] for c in cs])
+        hi = np.array([c["success_ci"][1] for c in cs])
+        ax2.errorbar(x, r, yerr=[r - lo, hi - r], fmt="s-", color=col, capsize=3, label=lab)
+    n_min = min(c["trials"] for c in cells)
+    for ax, ylabel, title in ((ax1, "ETTR: productive / wall time (failed job: 0)",
+                               "Goodput (mean, bootstrap 95% interval)"),
+                              (ax2, "job success rate", "Success rate (Wilson 95% interval)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ranks, [str(n) for n in ranks])
+        ax.set_xlabel("ranks (world size)")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(-0.03, 1.05)
+        ax.set_title(title, fontsize=10)
+    ax1.axhline(0.9, color="0.3", lw=0.8, ls=":")
+    ax1.text(ranks[0], 0.905, "Llama 3 / MegaScale: ETTR > 90%", fontsize=7, va="bottom")
+    _legend(ax2, fontsize=7, loc="lower left")
+    hz = next((t.get("hazard") for t in trials if t.get("hazard")), None) or {}
+    mix = hz.get("actions") or {hz.get("action", "kill"): 1}
+    _note(ax1, f">= {n_min} paired trials a cell; hazard {hz.get('rate_per_s', '?')}/rank/s, "
+               + ", ".join(f"{a} {w:g}" for a, w in mix.items()) + ", rank 0 at risk", "lower left", 6.5)
+    fig.tight_layout()
+    return fig, save(fig, name, out_dir)
+
+
 def draw_all(root=None, out_dir=None, budget_bytes: float = 2 * C.GIB) -> dict:
     """Every figure from results/ (what `make reproduce` ends with). Returns {name: path or error}."""
     from . import simulation as S
@@ -532,6 +583,10 @@ def draw_all(root=None, out_dir=None, budget_bytes: float = 2 * C.GIB) -> dict:
         m = read_json(root / name / "manifest.json") or {}
         return {a["label"]: a["skipped"] for a in m.get("arms", []) if a.get("skipped")}
 
+    from .io import read_jsonl
+    # the committed full run; without it, what make reproduce's small preset left
+    gp = read_jsonl(root / "goodput" / "trials.jsonl") or read_jsonl(root / "goodput_small" / "trials.jsonl")
+    attempt("goodput", lambda: fig_goodput(gp, out_dir))
     attempt("consistency", lambda: fig_consistency(runs("consistency"), out_dir))
     attempt("traffic", lambda: fig_traffic(runs("traffic"), out_dir))
     attempt("recovery", lambda: fig_recovery(runs("recovery"), out_dir, skipped("recovery")))

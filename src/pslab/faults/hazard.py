@@ -18,6 +18,7 @@ import numpy as np
 from .plan import HazardSpec, layout
 
 EVENT_STREAM = 1 << 20  # seeds [plan seed, EVENT_STREAM, event id] for hazard-triggered events
+ACTION_STREAM = 1 << 21  # seeds [plan seed, rank, ACTION_STREAM] for a rank's action in a mix
 
 
 def draw(spec: HazardSpec, rng: np.random.Generator, size=None):
@@ -32,6 +33,18 @@ def draw(spec: HazardSpec, rng: np.random.Generator, size=None):
 def rank_failure_time(spec: HazardSpec, seed: int, rank: int) -> float:
     """The failure time of one rank in a run with this plan seed (same on every rank)."""
     return float(draw(spec, np.random.default_rng([int(seed), int(rank)])))
+
+
+def rank_action(spec: HazardSpec, seed: int, rank: int) -> str:
+    """What a failing rank does: spec.action, or with a mix (spec.actions) an action drawn
+    by weight from a stream of its own, so the failure times stay those of the same seed
+    without a mix (same on every rank)."""
+    if spec.actions is None:
+        return spec.action
+    names = [a for a, _ in spec.actions]
+    w = np.array([x for _, x in spec.actions], float)
+    u = np.random.default_rng([int(seed), int(rank), ACTION_STREAM]).random()
+    return names[min(int(np.searchsorted(np.cumsum(w / w.sum()), u, side="right")), len(names) - 1)]
 
 
 def event_failure_time(spec: HazardSpec, seed: int, event_id: int) -> float:
@@ -71,7 +84,8 @@ def my_failure_time(spec: HazardSpec, seed: int, role: str, index: int, rank: in
     if not eligible(spec, role, rank):
         return {"eligible": False, "drawn_s": None, "fires_at_s": None, "capped": False}
     t = rank_failure_time(spec, seed, rank)
-    out = {"eligible": True, "drawn_s": t, "fires_at_s": t, "capped": False}
+    out = {"eligible": True, "drawn_s": t, "fires_at_s": t, "capped": False,
+           "action": rank_action(spec, seed, rank)}
     if spec.max_faults is not None:
         lay = layout(roles)
         if lay is None or rank >= len(lay) or lay[rank] != (role, index):

@@ -80,11 +80,11 @@ class Injector:
             h = hz.my_failure_time(plan.hazard, plan.seed, role, index, rank, self.roles)
             if h["eligible"]:
                 rec.event("hazard_drawn", hazard=plan.hazard.to_dict(), drawn_s=h["drawn_s"],
-                          fires_at_s=h["fires_at_s"], capped=h["capped"],
+                          fires_at_s=h["fires_at_s"], capped=h["capped"], action=h["action"],
                           **({"cap_unenforced": True} if h.get("cap_unenforced") else {}))
             if h["fires_at_s"] is not None and f"hazard-r{rank}" not in self.fired:
                 self._at(h["fires_at_s"], {
-                    "fid": f"hazard-r{rank}", "action": plan.hazard.action, "factor": plan.hazard.factor,
+                    "fid": f"hazard-r{rank}", "action": h["action"], "factor": plan.hazard.factor,
                     "target_role": role, "target_index": index, "trigger": "hazard",
                     "at": {"hazard": plan.hazard.distribution()}, "drawn_s": h["drawn_s"]})
         if self._timers:
@@ -100,7 +100,7 @@ class Injector:
                        capped=h["capped"], host=h["host"])
         if h["fires_at_s"] is not None:
             self._at(h["fires_at_s"], {
-                "fid": f"hazard-{h['host']}", "action": f"{plan.hazard.action}_host", "factor": 1.0,
+                "fid": f"hazard-{h['host']}", "action": f"{hz.rank_action(plan.hazard, plan.seed, self.rank)}_host", "factor": 1.0,
                 "target_role": "host", "target_index": h["host"], "host": h["host"], "trigger": "hazard",
                 "at": {"hazard": plan.hazard.distribution()}, "drawn_s": h["drawn_s"]})
 

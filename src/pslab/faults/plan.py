@@ -19,6 +19,7 @@ A plan is
       rate_per_s: 0.01
       roles: [worker, server]
       action: kill
+      actions: null         # or a mix, {kill: 0.7, hang: 0.3}: each rank draws its action
       exclude_ranks: [0]    # rank 0 / the coordinator is a single point of failure
       max_faults: null      # cap on hazard faults per run (null: no cap)
       per: rank             # rank: each rank draws; host: each host draws (kill/hang: the host)
@@ -66,6 +67,7 @@ class HazardSpec:
     exclude_ranks: tuple[int, ...] = (0,)
     max_faults: int | None = None
     per: str = "rank"                # rank | host: who draws a failure time
+    actions: tuple[tuple[str, float], ...] | None = None  # a mix: (action, weight); None: `action` always
 
     def to_dict(self) -> dict:
         """The summary form (also what pslab.sim.hazard.hazard_from_dict reads)."""
@@ -78,6 +80,8 @@ class HazardSpec:
                  max_faults=self.max_faults)
         if self.per != "rank":
             d["per"] = self.per
+        if self.actions is not None:
+            d["actions"] = {a: w for a, w in self.actions}
         if self.action == "slow":
             d["factor"] = self.factor
         return d
@@ -199,8 +203,8 @@ def parse_hazard(d, key: str = "faults.hazard") -> HazardSpec | None:
     if d is None:
         return None
     d = _mapping(d, key)
-    _unknown(d, ("kind", "rate_per_s", "shape", "scale_s", "roles", "action", "factor", "exclude_ranks",
-                 "max_faults", "per"), key)
+    _unknown(d, ("kind", "rate_per_s", "shape", "scale_s", "roles", "action", "actions", "factor",
+                 "exclude_ranks", "max_faults", "per"), key)
     kind = _choice(d.get("kind"), HAZARD_KINDS, f"{key}.kind")
     rate = shape = scale = None
     if kind == "constant":
@@ -221,7 +225,9 @@ def parse_hazard(d, key: str = "faults.hazard") -> HazardSpec | None:
     for j, r in enumerate(roles):
         _choice(r, ROLES, f"{key}.roles[{j}]")
     action = _choice(d.get("action", "kill"), HAZARD_ACTIONS, f"{key}.action")
-    factor = _number(d.get("factor", 3.0 if action == "slow" else 1.0), f"{key}.factor", lo=1.0)
+    actions = _parse_actions(d.get("actions"), f"{key}.actions")
+    slow = action == "slow" if actions is None else any(a == "slow" for a, _ in actions)
+    factor = _number(d.get("factor", 3.0 if slow else 1.0), f"{key}.factor", lo=1.0)
     excl = d.get("exclude_ranks", [0])
     if excl is None:
         excl = []
@@ -234,9 +240,26 @@ def parse_hazard(d, key: str = "faults.hazard") -> HazardSpec | None:
     if mf is not None:
         mf = _number(mf, f"{key}.max_faults", lo=0, integer=True)
     per = _choice(d.get("per", "rank"), ("rank", "host"), f"{key}.per")
-    if per == "host" and action == "slow":
+    if per == "host" and slow:
         raise FaultPlanError(f"{key}.action=slow: per=host draws whole-host failures (kill or hang)")
-    return HazardSpec(kind, rate, shape, scale, tuple(roles), action, factor, excl, mf, per)
+    return HazardSpec(kind, rate, shape, scale, tuple(roles), action, factor, excl, mf, per, actions)
+
+
+def _parse_actions(v, key: str) -> tuple[tuple[str, float], ...] | None:
+    """A mix of hazard actions, {action: weight} (weights >= 0, some > 0; they are
+    normalized): each failing rank draws its action from it. None: no mix."""
+    if v is None:
+        return None
+    v = _mapping(v, key)
+    if not v:
+        raise FaultPlanError(f"{key}={{}}: give at least one action with a weight, e.g. {{kill: 0.7, hang: 0.3}}")
+    out = []
+    for a, w in v.items():
+        _choice(a, HAZARD_ACTIONS, f"{key}.{a}")
+        out.append((a, _number(w, f"{key}.{a}", lo=0.0)))
+    if sum(w for _, w in out) <= 0:
+        raise FaultPlanError(f"{key}={v}: the weights sum to 0; give at least one positive weight")
+    return tuple(out)
 
 
 def _parse_target(t, key: str) -> Target:

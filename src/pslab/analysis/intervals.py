@@ -1,0 +1,96 @@
+"""95% intervals, and the rule every caption follows: a ranking is stated only where
+the intervals separate.
+
+- rates (success rate): Wilson score intervals (`wilson`, pslab.sim's);
+- means of per-trial values (ETTR): a seeded percentile bootstrap of the mean
+  (`bootstrap_mean`), from 5 trials on;
+- ratios paired by repetition (a time to target over the reference arm's, one per
+  repetition): a Student t interval on the log-ratios (`ratio_interval`), from 3
+  repetitions on (with 2 the spread is one difference: no interval, no ranking).
+
+`separated(a, b)` says whether two intervals do not overlap; `excludes(iv, x)` whether an
+interval lies wholly on one side of x (a ratio's 1.0). `order(items)` returns the
+ranking, or None when some neighbours' intervals overlap.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..sim import wilson_interval
+
+CONFIDENCE = 0.95
+BOOTSTRAP_RESAMPLES = 4000
+INDISTINCT = "indistinguishable at this sample size"
+
+
+def wilson(successes: int, trials: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Wilson score interval of a rate (pslab.sim's, so figures and the simulator agree)."""
+    return wilson_interval(successes, trials, confidence)
+
+
+MIN_TRIALS = 5  # a bootstrap of fewer values is a handful of points, not an interval
+
+
+def bootstrap_mean(values, confidence: float = CONFIDENCE, resamples: int = BOOTSTRAP_RESAMPLES,
+                   seed: int = 0, min_n: int = MIN_TRIALS) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the mean of `values` (None values dropped; None
+    with fewer than min_n left). Seeded: the same values give the same interval."""
+    x = np.array([float(v) for v in values if v is not None and np.isfinite(v)], float)
+    if x.size == 0 or x.size < min_n:
+        return None
+    if x.size == 1 or np.ptp(x) == 0:
+        return float(x.mean()), float(x.mean())
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
+    a = (1 - confidence) / 2
+    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+
+
+MIN_REPS = 3  # a spread estimated from two repetitions (one difference) is too erratic to rank on
+
+
+def ratio_interval(ratios, confidence: float = CONFIDENCE, min_reps: int = MIN_REPS) -> tuple[float, float] | None:
+    """Interval of the typical ratio: exp(mean(log r) +- t * sd(log r) / sqrt(k)) over k
+    paired repetitions (None with fewer than min_reps, or a non-positive ratio)."""
+    r = [float(v) for v in ratios if v is not None]
+    if len(r) < max(2, min_reps) or min(r) <= 0:
+        return None
+    from scipy import stats
+    logs = np.log(r)
+    half = stats.t.ppf(1 - (1 - confidence) / 2, len(r) - 1) * logs.std(ddof=1) / math.sqrt(len(r))
+    m = float(logs.mean())
+    return float(math.exp(m - half)), float(math.exp(m + half))
+
+
+def separated(a, b) -> bool:
+    """Two intervals (lo, hi) that do not overlap (False if either is missing)."""
+    if a is None or b is None:
+        return False
+    return a[1] < b[0] or b[1] < a[0]
+
+
+def excludes(iv, x: float = 1.0) -> bool:
+    """The interval lies wholly above or below x."""
+    return iv is not None and (iv[0] > x or iv[1] < x)
+
+
+def order(items: list[tuple[str, float, tuple[float, float] | None]], higher_is_better: bool = True):
+    """[(name, value, interval)] -> the names best first, if every neighbour's interval
+    separates from the next one's; else None (no ranking at this sample size)."""
+    if len(items) < 2 or any(iv is None for _, _, iv in items):
+        return None
+    ranked = sorted(items, key=lambda t: t[1], reverse=higher_is_better)
+    for (_, _, a), (_, _, b) in zip(ranked, ranked[1:]):
+        if not separated(a, b):
+            return None
+    return [name for name, _, _ in ranked]
+
+
+def fmt_interval(iv, pct: bool = False, digits: int = 2) -> str:
+    if iv is None:
+        return "no interval: too few repetitions"
+    if pct:
+        return f"95% CI {iv[0]:.0%}-{iv[1]:.0%}"
+    return f"95% CI {iv[0]:.{digits}f}-{iv[1]:.{digits}f}"
