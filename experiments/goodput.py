@@ -83,7 +83,7 @@ CALIBRATION_EVERY = 10    # steps between checkpoints in the calibration run (me
 # What every trial of a preset shares (the `setting` in meta.json: results of another
 # setting are not mixed in); `trials` and `budget_s` may differ (full = small, more trials).
 SMALL = dict(ranks=[4, 8, 16], batch=240, data=["data=criteo_sample", "model=lr", "train.epochs=3"],
-             rate=0.006, actions={"kill": 0.7, "hang": 0.3}, max_restarts=3, step_timeout_s=10,
+             rate=0.015, actions={"kill": 0.7, "hang": 0.3}, max_restarts=3, step_timeout_s=10,
              heartbeat_timeout_s=10, deadline_factor=2.5, deadline_min_s=60.0)
 PRESETS = {
     "small": dict(SMALL, trials=6, budget_s=900),  # references included; make reproduce's 45 min
