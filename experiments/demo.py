@@ -2,6 +2,7 @@
 
     make demo                      # = .venv/bin/python experiments/demo.py
     .venv/bin/python experiments/demo.py --ranks 4 --model fm
+    .venv/bin/python experiments/demo.py --hosts 2         # every distributed run over 2 emulated hosts
 
 The same LR model trained by the local reference, classic MPI allreduce, elastic (ULFM)
 allreduce and the parameter server, once fault-free and once with a worker SIGKILLed
@@ -51,6 +52,8 @@ def main() -> int:
     ap.add_argument("--model", default="lr")
     ap.add_argument("--deadline", type=float, default=60)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "demo")
+    ap.add_argument("--hosts", type=int, default=None, metavar="K",
+                    help="run the distributed contenders over K emulated hosts (python -m pslab.launch --hosts)")
     args = ap.parse_args()
     shutil.rmtree(args.out, ignore_errors=True)
     common = [f"model={args.model}", "data=criteo_sample"]
@@ -66,7 +69,8 @@ def main() -> int:
             continue
         for fault in FAULTS:
             run_dir = args.out / f"{backend}{'-elastic' if 'elastic' in ' '.join(overrides) else ''}-{fault}"
-            s = launch(n, [*overrides, *common, f"faults={fault}"], run_dir, args.deadline, quiet=True)
+            s = launch(n, [*overrides, *common, f"faults={fault}"], run_dir, args.deadline, quiet=True,
+                       **({"hosts": args.hosts} if args.hosts else {}))
             rows.append((label, fault, s))
             print(f"  {count.tick():16s} {label:28s} faults={fault:16s} {s['status']:9s} "
                   f"auc={fmt(s.get('test_auc'), '.4f')} wall={s['wall_s']:.1f}s", flush=True)

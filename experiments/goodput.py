@@ -9,6 +9,7 @@ and 16 ranks (BRIEF section 7; issue 14).
     .venv/bin/python experiments/goodput.py --preset small --contenders scratch elastic --ranks 4 --trials 2
     .venv/bin/python experiments/goodput.py --figure-only      # redraw results/figures/goodput.png
     .venv/bin/python experiments/goodput.py --preset tiny --out /tmp/gp   # smoke test (2 ranks, seconds)
+    .venv/bin/python experiments/goodput.py --preset small --hosts 2 --out /tmp/gp2h   # over 2 emulated hosts
 
 Contenders (a trial = one launcher job with a deadline; every contender gets the same
 restart budget, `--max-restarts K`, since rank 0 is at risk too and only a restart
@@ -96,7 +97,8 @@ PRESETS = {
                  data=["data=criteo_sample", "model=lr", "train.epochs=1"], max_restarts=1,
                  deadline_min_s=60.0, contenders=["scratch", "elastic"]),
 }
-SETTING_KEYS = ("batch", "data", "rate", "actions", "max_restarts", "step_timeout_s", "heartbeat_timeout_s")
+SETTING_KEYS = ("batch", "data", "rate", "actions", "max_restarts", "step_timeout_s", "heartbeat_timeout_s",
+                "hosts")  # hosts: only with --hosts (absent on one host)
 
 
 # --------------------------------------------------------------------------- what exists
@@ -345,6 +347,8 @@ class Runner:
 
     def _launch(self, n, overrides, run_dir, deadline, restarts: int | None = None) -> dict:
         kw = {"max_restarts": restarts, "restart_ranks": "same"} if restarts else {}
+        if self.p.get("hosts"):
+            kw["hosts"] = int(self.p["hosts"])  # emulated hosts (pslab.launch --hosts)
         for _ in range(3):
             s = self.launch(n, overrides, run_dir=fresh_dir(run_dir), deadline=deadline, quiet=not self.verbose, **kw)
             if not infra_failure(s):
@@ -451,7 +455,7 @@ def run(p: dict, contenders: list[str], ranks: list[int], trials: int, out: Path
             else:  # no allreduce checkpoints: the PS checkpoints at the calibration's interval
                 intervals[n] = {"ranks": n, "every": None, "note": "no allreduce checkpoints to calibrate C"}
     refs = {(c, n): runner.reference(c, n) for c in usable for n in ranks}
-    meta.update({"experiment": NAME, "setting": {k: p[k] for k in SETTING_KEYS}, "rate_per_s": p["rate"],
+    meta.update({"experiment": NAME, "setting": {k: p[k] for k in SETTING_KEYS if k in p}, "rate_per_s": p["rate"],
                  "mtbf_job_s": {str(n): 1.0 / (n * p["rate"]) for n in ranks}, "contenders": usable,
                  "skipped": skipped, "ranks": ranks, "max_restarts": p["max_restarts"],
                  "restarts_by": "launcher" if runner.by_launcher else "harness",
@@ -516,9 +520,13 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=None, help="run dirs (default runs/goodput)")
     ap.add_argument("--fresh", action="store_true", help="remove earlier results in --out first")
     ap.add_argument("--figure-only", action="store_true", help="cells and figure from trials.jsonl only")
+    ap.add_argument("--hosts", type=int, default=None, metavar="K",
+                    help="every trial over K emulated hosts (python -m pslab.launch --hosts K)")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args(argv)
     p = dict(PRESETS[args.preset])
+    if args.hosts:
+        p["hosts"] = args.hosts
     out = (args.out or ROOT / "results" / NAME).resolve()
     under_results = out.parent == (ROOT / "results").resolve()
     work = (args.work or (ROOT / "runs" / out.name if under_results else out / "runs")).resolve()
@@ -529,7 +537,7 @@ def main(argv=None) -> int:
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
         old = (read_json(out / "meta.json") or {}).get("setting")
-        setting = json.loads(json.dumps({k: p[k] for k in SETTING_KEYS}))
+        setting = json.loads(json.dumps({k: p[k] for k in SETTING_KEYS if k in p}))
         if old is not None and old != setting:
             raise SystemExit(f"{NAME}: {out} holds trials of another setting ({old}); use --fresh to start over, "
                              "or another --out")

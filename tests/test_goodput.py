@@ -232,3 +232,19 @@ def test_every_contender_composes_and_passes_the_launchers_checks(gp, preset):
             assert cfg.train.batch_size % gp.layout(c, n)[0] == 0
             if c == "ps":
                 assert cfg.backend.replication == 2 and cfg.backend.servers == gp.layout(c, n)[1]
+
+
+def test_harness_runs_every_launch_over_emulated_hosts_when_asked(gp, tmp_path):
+    """--hosts K reaches every launch (references and trials), and the setting records it,
+    so trials over emulated hosts are never mixed with one-host trials."""
+    p = dict(gp.PRESETS["small"], ranks=[4], hosts=2)
+    calls = []
+    runner = gp.Runner(p, tmp_path / "out", tmp_path / "runs", launch_fn=_fake_launcher(calls),
+                       restarts_by_launcher=True)
+    (tmp_path / "out").mkdir()
+    gp.run(p, ["elastic"], [4], 1, tmp_path / "out", tmp_path / "runs", None, runner)
+    assert calls and all(kw.get("hosts") == 2 for _, _, kw in calls)
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["setting"]["hosts"] == 2
+    one_host = dict(gp.PRESETS["small"])
+    assert "hosts" not in {k for k in gp.SETTING_KEYS if k in one_host}
