@@ -55,6 +55,20 @@ def complete(manifest: Path) -> bool:
     return bool(info) and all((Path(manifest).parent / f).exists() for f in info.get("files", []))
 
 
+def newest_complete(root: Path, pattern: str) -> Path | None:
+    """The newest complete manifest in a checkpoints folder: the one LATEST names, else the
+    last of `pattern` (zero-padded names sort by step) whose files are all there."""
+    latest = root / "LATEST"
+    if latest.exists():
+        m = root / latest.read_text().strip()
+        if m.exists() and complete(m):
+            return m
+    for m in sorted(root.glob(pattern), reverse=True):
+        if complete(m):
+            return m
+    return None
+
+
 def find(path) -> Path:
     """The manifest to resume from: a manifest file, a step folder, a checkpoints folder or
     a run folder (its newest complete checkpoint). Raises FileNotFoundError naming the key."""
@@ -64,14 +78,9 @@ def find(path) -> Path:
     if (p / "manifest.json").exists():
         return p / "manifest.json"
     for root in (p, p / "checkpoints"):
-        latest = root / "LATEST"
-        if latest.exists():
-            m = root / latest.read_text().strip()
-            if m.exists() and complete(m):
-                return m
-        for m in sorted(root.glob("step-*/manifest.json"), reverse=True):
-            if complete(m):
-                return m
+        m = newest_complete(root, "step-*/manifest.json")
+        if m is not None:
+            return m
     raise FileNotFoundError(f"backend.resume_from={path}: no complete allreduce checkpoint there "
                             "(a manifest.json, a checkpoints folder or a run folder)")
 
@@ -194,4 +203,4 @@ def planned_steps(setup, n: int, batch: int, epochs: int) -> int:
     return per * epochs
 
 
-__all__ = ["Checkpointer", "complete", "find", "load", "planned_steps", "restore", "step_dir"]
+__all__ = ["Checkpointer", "complete", "find", "load", "newest_complete", "planned_steps", "restore", "step_dir"]

@@ -56,18 +56,13 @@ def check_restart_flags(max_restarts: int, restart_ranks: str, cfg=None) -> None
 
 def latest_checkpoint(job_dir: Path, upto: int) -> Path | None:
     """The newest complete checkpoint manifest of attempts upto, upto-1, ..., 0."""
-    from ..backends.arckpt import complete
+    from ..backends.arckpt import newest_complete
 
     for i in range(upto, -1, -1):
-        root = job_dir / "attempts" / str(i) / "checkpoints"
-        latest = root / "LATEST"
-        if latest.exists():
-            m = root / latest.read_text().strip()
-            if m.exists() and complete(m):
-                return m
-        for m in sorted(root.glob("*/manifest.json"), reverse=True):
-            if complete(m):
-                return m
+        # allreduce step-*/ or PS clock-*/ folders
+        m = newest_complete(job_dir / "attempts" / str(i) / "checkpoints", "*/manifest.json")
+        if m is not None:
+            return m
     return None
 
 
