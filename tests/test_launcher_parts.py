@@ -145,10 +145,15 @@ def test_progress_redraws_in_place_on_a_terminal_and_prints_lines_when_piped(tmp
         for k in range(3):
             view.tick(time.time() + 10 * (k + 1))
         view.close()
-    assert tty.getvalue().count("\r") == 3 and tty.getvalue().count("\x1b[K") == 3
+    # three ticks, then close() shows the final state once more (a run shorter than one
+    # interval shows at least that line)
+    assert tty.getvalue().count("\r") == 4 and tty.getvalue().count("\x1b[K") == 4
     assert tty.getvalue().endswith("\n") and tty.getvalue().count("\n") == 1
-    assert pipe.getvalue().count("\n") == 3 and "\r" not in pipe.getvalue()
+    assert pipe.getvalue().count("\n") == 4 and "\r" not in pipe.getvalue()
     assert all("ex/s" in line for line in pipe.getvalue().splitlines())
+    short = io.StringIO()
+    Progress(RunState(tmp_path, 4, "allreduce", 1, t0), short).close()
+    assert short.getvalue().count("\n") == 1 and "ex/s" in short.getvalue()
 
 
 def test_the_sweep_countdown():

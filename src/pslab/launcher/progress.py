@@ -173,7 +173,13 @@ class RunState:
                 alive += 1
         return f"ranks {alive}/{self.n}" + (f" ({stopped} stopped)" if stopped else "")
 
-    def line(self, now: float) -> str:
+    def finished(self) -> str:
+        """After the run: how many ranks left their final record (ranks/rank-<i>.json);
+        whether their processes are alive no longer says anything."""
+        done = sum(1 for _ in self.ranks_dir.glob("rank-*.json"))
+        return f"ranks {done}/{self.n} finished"
+
+    def line(self, now: float, final: bool = False) -> str:
         parts = [f"[pslab] {fmt_clock(now - self.t0)}"]
         if not self.latest and not self.planned:
             parts.append("starting")
@@ -193,7 +199,7 @@ class RunState:
             quiet = now - newest.get("t", now)
             if quiet > STALL_S:
                 parts.append(f"no step for {quiet:.0f}s")
-        parts.append(self.ranks())
+        parts.append(self.finished() if final else self.ranks())
         if self.last_event is not None:
             parts.append(f"last: {describe(self.last_event, self.t0)}")
         return " | ".join(parts)
@@ -230,8 +236,14 @@ class Progress:
         except (OSError, ValueError):
             pass  # the terminal is gone (SIGHUP): nothing to show it on
 
-    def close(self) -> None:
-        """End the redrawn line, so what follows starts on a line of its own."""
+    def close(self, now: float | None = None) -> None:
+        """Show the run's final state (a run shorter than one interval would otherwise show
+        none), then end the redrawn line, so what follows starts on a line of its own."""
+        try:
+            self.state.poll()
+            self.show(self.state.line(time.time() if now is None else now, final=True))
+        except OSError:
+            pass  # the run dir is gone: nothing to report
         if self.drawn:
             try:
                 self.stream.write("\n")
