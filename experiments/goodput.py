@@ -248,7 +248,7 @@ def record(contender: str, n: int, seed: int, s: dict, p: dict, ref: dict | None
 
 
 ACCOUNTING = ("ettr", "attempts", "wall_s", "productive_s", "checkpoint_s", "restart_s", "redone_s", "detect_s",
-              "startup_s", "train_s", "pause_s", "job_wall_s", "finish_s")
+              "startup_s", "rank_startup_s", "train_s", "pause_s", "job_wall_s", "finish_s")
 
 
 def per_attempt(s: dict) -> dict:

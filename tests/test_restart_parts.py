@@ -114,6 +114,22 @@ def test_timeline_reads_the_records():
     t = ettr.timeline(events, None, 0.0, 18.0)
     assert (t["t_train"], t["t_fault"], t["t_detect"], t["ok"]) == (5.0, 14.0, 14.5, False)
     assert t["checkpoints"] == [(10.0, 0.25)]
+    assert t["t_ranks"] is None and ettr.goodput([t])["rank_startup_s"] is None
+
+
+def test_the_ranks_own_start_up_is_the_median_rank_start_to_the_first_step():
+    """mpirun's spawn (launch to the ranks' start) is start-up a fault plan cannot hit:
+    its clock starts with each rank. rank_startup_s is the rest, a mean over attempts."""
+    a0 = [{"kind": "rank_started", "rank": r, "t": t} for r, t in enumerate((3.0, 3.5, 9.0))]
+    a0 += [{"kind": "training_started", "rank": 0, "t": 4.5}, {"kind": "fault_injected", "rank": 2, "t": 6.0,
+                                                               "action": "kill"},
+           {"kind": "failure_detected", "rank": 1, "t": 6.2}, {"kind": "aborting", "rank": 1, "t": 6.3}]
+    a1 = [{"kind": "rank_started", "rank": r, "t": 12.0} for r in range(3)]
+    a1 += [{"kind": "training_started", "rank": 0, "t": 14.0}]
+    tls = [ettr.timeline(a0, None, 0.0, 7.0), ettr.timeline(a1, {"status": "completed", "t": 20.0}, 8.0, 21.0)]
+    assert tls[0]["t_ranks"] == 3.5 and tls[1]["t_ranks"] == 12.0
+    g = ettr.goodput(tls)
+    assert g["startup_s"] == 4.5 and g["rank_startup_s"] == pytest.approx((1.0 + 2.0) / 2)
 
 
 # ------------------------------------------------------------------ the step watchdog

@@ -3,6 +3,7 @@ their anchors, and the PS's rule for a second server failure. No MPI; a few seco
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -35,6 +36,24 @@ def test_wall_time_matches_the_exact_renewal_formula(contender, tau, work):
     # productive time is the work, whatever was redone
     p = r.per_trial
     assert np.allclose(p["train_s"] - p["redone_s"], work)
+
+
+@pytest.mark.parametrize("contender,tau", [("scratch", None), ("ckpt_restart", 600.0)])
+def test_only_the_ranks_part_of_start_up_is_exposed(contender, tau):
+    """mpirun's spawn before the ranks start cannot fail (the fault clock starts with each
+    rank): with a long spawn and a short rank start-up, the Monte Carlo still matches the
+    closed forms, and a job fails less often than one whose whole start-up is exposed."""
+    lam, work = 1 / 600, 1200.0
+    part = replace(COSTS, startup_s=300.0, rank_startup_s=20.0)
+    assert part.exposed_startup_s == 20.0 and part.relaunch_exposed_s == 20.0
+    assert replace(COSTS, startup_s=300.0).exposed_startup_s == 300.0
+    job = GoodputJob(contender, 10, work, ConstantHazard(lam / 10), part, checkpoint_interval_s=tau)
+    r = simulate_goodput(job, 6000, rng=4)
+    _within(r.wall_s, expected_wall_exponential(work, lam, part, tau))
+    if contender == "scratch":
+        _within(r.wall_s, scratch_expected_wall(work, ConstantHazard(lam / 10), 10, part))
+    whole = simulate_goodput(replace(job, costs=replace(part, rank_startup_s=None)), 6000, rng=4)
+    assert whole.restarts_mean > r.restarts_mean + 0.2
 
 
 def test_daly_formula_and_the_young_daly_interval():

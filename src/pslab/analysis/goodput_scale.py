@@ -143,7 +143,7 @@ def scale_curves(cfg: dict, cost_map: dict, cost_label: str = "") -> dict:
                     pc["daly_ettr"].append(None if daly is None else float(daly))
                     pc["mtbf_s"].append(float(m))
                     pc["young_daly_interval_s"].append(job.checkpoint_interval_s)
-                    h = float(job.hazard.cumulative_hazard(job.costs.startup_s + work))
+                    h = float(job.hazard.cumulative_hazard(job.costs.exposed_startup_s + work))
                     pc["single_attempt_success"].append(float(math.exp(-job.layout()["fatal"] * h)))
         pc["crossover"] = crossovers(pc, ns)
         out["presets"][name] = pc

@@ -13,7 +13,9 @@ servers' `shard_written`, the faults' `fault_injected`, every rank's detections 
   step to the moment rank 0 wrote the last attempt's result (its final evaluation
   included). Start-up before the first step (MPI launch, data loading) is `startup_s`,
   the end after the result (MPI_Finalize, teardown) `finish_s`: both outside the ratio,
-  the same for every backend and every attempt count.
+  the same for every backend and every attempt count. `rank_startup_s` is the ranks' own
+  part of a start-up (the median rank's start to the first step, a mean over attempts):
+  the part on a fault plan's clock, which starts with each rank (the simulator's exposure).
 - `checkpoint_s`: time spent writing checkpoints whose work survived (allreduce: rank 0's
   write, which the others wait for; PS: per checkpoint clock, the slowest server's shard).
 - `redone_s`: training time of a failed attempt after its last complete checkpoint (lost
@@ -64,8 +66,10 @@ def timeline(events: list[dict], result: dict | None, t_launch: float, t_end: fl
     checkpoints; its survived failures (fault, detected, recovered); and, when it failed,
     the fault that ended it and when that was detected."""
     started = [_t(e) for e in events if e.get("kind") == "training_started" and e.get("rank") == 0]
+    ranks = sorted(_t(e) for e in events if e.get("kind") == "rank_started")
     ok = bool(result) and result.get("status") == "completed"
     tl = {"t_launch": t_launch, "t_end": t_end, "t_train": min(started) if started else None,
+          "t_ranks": ranks[len(ranks) // 2] if ranks else None,  # the median rank's start
           "t_done": float(result["t"]) if ok and result.get("t") else None, "ok": ok,
           "checkpoints": checkpoints(events), "survived": [], "t_fault": None, "t_detect": None}
     faults = sorted((e for e in events if e.get("kind") == "fault_injected" and e.get("action") in FAULT_ACTIONS),
@@ -142,5 +146,7 @@ def goodput(tls: list[dict]) -> dict:
     out["job_wall_s"] = round(wall, 3)
     out["ettr"] = round(parts["productive_s"] / wall, 4) if wall > 0 and ok else 0.0
     out["startup_s"] = round(t0 - tls[0]["t_launch"], 3)
+    own = [tl["t_train"] - tl["t_ranks"] for tl in tls if tl["t_train"] is not None and tl.get("t_ranks") is not None]
+    out["rank_startup_s"] = round(max(0.0, sum(own) / len(own)), 3) if own else None
     out["finish_s"] = round(max(0.0, last["t_end"] - t_stop), 3)
     return out

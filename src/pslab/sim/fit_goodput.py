@@ -17,6 +17,9 @@ exclude_ranks, max_faults, ranks_per_host}, max_restarts, deadline_s, steps.
 How each cost is fitted (as pslab.launcher.ettr measures the parts; sums over trials, so a
 trial counts by its events):
 - startup_s: mean start-up (first launch to the first training step, once per job);
+- rank_startup_s: mean of the ranks' own part of it (the median rank's start to the first
+  step, pslab.launcher.ettr): the part a fault plan's clock runs through, since it starts
+  with each rank (mpirun spawning 16 Python processes on 2 cores takes seconds before it);
 - finish_s: mean teardown after the result of the successful trials (`finish_s`; else
   wall_s - job_wall_s - startup_s);
 - checkpoint_s: checkpoint_s / checkpoints;
@@ -56,7 +59,8 @@ from .hazard import hazard_from_dict
 # a relaunch of 4 ranks ~2 s) and pslab's configured timeouts (PS heartbeat 5 s; a step
 # watchdog of 10 s as the goodput check runs it). Documented as defaults wherever used.
 DEFAULT_COSTS = {"startup_s": 2.0, "checkpoint_s": 0.05, "restart_s": 1.0, "detect_kill_s": 0.1,
-                 "detect_hang_s": 10.0, "recovery_s": 0.08, "rereplication_s": 0.1, "finish_s": 0.0}
+                 "detect_hang_s": 10.0, "recovery_s": 0.08, "rereplication_s": 0.1, "finish_s": 0.0,
+                 "rank_startup_s": None}  # None: all of the start-up is on the fault clock
 FAMILIES = {"scratch": ("scratch", "ckpt_restart"), "ckpt_restart": ("scratch", "ckpt_restart"),
             "elastic": ("scratch", "ckpt_restart", "elastic"), "ps": ("ps",)}
 
@@ -179,6 +183,7 @@ def _estimators():
     relaunches = lambda t: None if attempts(t) is None else attempts(t) - 1  # noqa: E731
     return {
         "startup_s": mean("startup_s"),
+        "rank_startup_s": mean("rank_startup_s"),
         "checkpoint_s": lambda ts: _ratio(ts, lambda t: _num(t, "checkpoint_s"), lambda t: _num(t, "checkpoints")),
         "restart_s": lambda ts: _ratio(ts, lambda t: _num(t, "restart_s"), relaunches),
         "detect_kill_s": detect_any("kill"),

@@ -43,7 +43,8 @@ attempt is a new job, as in the tables the Weibull presets come from). "job" (wh
 pslab's injector does, pslab.faults.jobstate, so what the measured cells are simulated
 with): one failure time per rank slot on the job's up-time clock, which stops while the
 job is down between attempts; a slot whose fault fired never fails again. Either way the
-clock runs through start-up, not through the launcher's pause. Work goes at alive_workers / workers of the
+clock runs through the ranks' start-up (`rank_startup_s`: a rank's start to the first
+step), not through mpirun's spawn before it nor the launcher's pause. Work goes at alive_workers / workers of the
 full rate; Kokolis' ETTR counts such slower training as productive, so productive =
 training time minus the training later redone.
 
@@ -89,14 +90,24 @@ class Costs:
     recovery_s: float = 0.0       # elastic shrink; PS worker failover / replica promotion
     rereplication_s: float = 0.0  # PS: a spare server holds a copy again
     finish_s: float = 0.0         # after the result: teardown (outside ETTR)
+    rank_startup_s: float | None = None  # the ranks' part of start-up (a rank's start to the
+                                  #   first step: on the hazard's clock; mpirun's spawn before
+                                  #   it is not); None: all of startup_s
+
+    @property
+    def exposed_startup_s(self) -> float:
+        """The part of the first start-up during which the ranks run, so can fail."""
+        return self.startup_s if self.rank_startup_s is None else min(self.rank_startup_s, self.startup_s)
 
     @property
     def relaunch_exposed_s(self) -> float:
         """The part of a relaunch during which the new ranks run (their start-up)."""
-        return min(self.startup_s, self.restart_s)
+        return min(self.exposed_startup_s, self.restart_s)
 
     def __post_init__(self):
         for k, v in self.__dict__.items():
+            if v is None and k == "rank_startup_s":
+                continue
             if not (v >= 0 and math.isfinite(v)):
                 raise ValueError(f"cost {k} must be a finite number >= 0, got {v}")
 
@@ -302,6 +313,9 @@ def simulate_goodput(job: GoodputJob, trials: int = 2000, rng=None,
     fatal = _Units(hz, lay["fatal"], n, rng)
     workers = _Units(hz, lay["workers"], n, rng)
     servers = _Units(hz, lay["servers"], n, rng)
+    if c.startup_s > c.exposed_startup_s:  # the ranks start (their clocks with them) after mpirun's spawn
+        for u in (fatal, workers, servers):
+            u.pause(np.ones(n, dtype=bool), np.full(n, c.startup_s - c.exposed_startup_s))
     ps, elastic = job.contender == "ps", job.contender == "elastic"
     srv_units = job.server_units() if ps else 0
 
@@ -488,11 +502,12 @@ def expected_wall_exponential(work_s: float, rate_per_s: float, costs: Costs,
         lengths = [tau + c.checkpoint_s] * (m - 1) + [work_s - (m - 1) * tau]
     else:
         lengths = [work_s]
+    s0 = c.exposed_startup_s  # the rest of the first start-up cannot fail
     total = c.startup_s + c.finish_s
     for i, L in enumerate(lengths):
-        first = L + (c.startup_s if i == 0 else 0.0)
+        first = L + (s0 if i == 0 else 0.0)
         p_fail = -math.expm1(-lam * first)
-        total += p_fail / lam + p_fail * (D + _block(s_r + L, lam, D)) - (c.startup_s if i == 0 else 0.0)
+        total += p_fail / lam + p_fail * (D + _block(s_r + L, lam, D)) - (s0 if i == 0 else 0.0)
     return total
 
 
@@ -522,7 +537,7 @@ def scratch_expected_wall(work_s: float, hazard: Hazard, units: float, costs: Co
     (renewal-reward), D = detection + the relaunch while the job is down."""
     s_r = costs.relaunch_exposed_s
     D = (costs.detect_kill_s if detect_s is None else detect_s) + costs.restart_s - s_r
-    first, again = costs.startup_s + work_s, s_r + work_s
+    first, again = costs.exposed_startup_s + work_s, s_r + work_s
 
     def log_s(t):
         return -units * float(hazard.cumulative_hazard(t))
@@ -538,7 +553,7 @@ def scratch_expected_wall(work_s: float, hazard: Hazard, units: float, costs: Co
     p = math.exp(log_s(again))
     retry = (up(again) + (1.0 - p) * D) / p
     p0 = math.exp(log_s(first))
-    return up(first) + (1.0 - p0) * (D + retry) + costs.finish_s
+    return up(first) + (1.0 - p0) * (D + retry) + costs.finish_s + costs.startup_s - costs.exposed_startup_s
 
 
 def ps_range_loss_probability(unit_rate_per_s: float, partners: int, window_s: float) -> float:
