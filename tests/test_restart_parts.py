@@ -100,6 +100,15 @@ def test_ettr_of_a_survived_failure_counts_detection_and_pause():
     assert g["detect_s"] == 2 and g["pause_s"] == 0.5 and g["productive_s"] == 15.5
 
 
+def test_overlapping_failures_count_their_overlap_once():
+    """Two hangs seen by one heartbeat timeout: detections 8-18 and 9-18, pauses to 19 and
+    20 (one pause inside the other's detection). The parts still add up to the wall."""
+    g = ettr.goodput([tl(0, 2, 31, t_done=30, survived=[(8, 18, 19), (9, 18, 20)])])
+    assert g["detect_s"] == 10 and g["pause_s"] == 2 and g["productive_s"] == 28 - 12
+    parts = sum(g[k] for k in ("productive_s", "checkpoint_s", "redone_s", "detect_s", "restart_s", "pause_s"))
+    assert parts == pytest.approx(g["job_wall_s"])
+
+
 def test_a_failed_job_has_no_productive_time():
     g = ettr.goodput([tl(0, 2, 12, t_fault=9, t_detect=10)])
     assert g["ettr"] == 0 and g["productive_s"] == 0 and g["redone_s"] == 7

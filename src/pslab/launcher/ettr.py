@@ -28,6 +28,8 @@ servers' `shard_written`, the faults' `fault_injected`, every rank's detections 
 - `pause_s`: a failure the job survived without restarting (elastic shrink, PS failover):
   from its detection to the first step completed after it (the `recovered` record). For
   the PS this is an upper bound: under SSP/ASP the other workers go on meanwhile.
+  Spans of several failures that overlap count once (checkpoint, then detection, then
+  pause), so the parts add up to the job's wall time.
 - `productive_s` = job wall - checkpoint - redone - detect - restart - pause: the time
   whose work is in the final model. A failed job has no final model: productive 0,
   ETTR 0, and all its training time is in `redone_s`.
@@ -99,8 +101,27 @@ def timeline(events: list[dict], result: dict | None, t_launch: float, t_end: fl
 
 
 def _within(a: float, b: float, spans) -> float:
-    """Seconds of the spans [x, y] inside [a, b]."""
-    return sum(max(0.0, min(b, y) - max(a, x)) for x, y in spans)
+    """Seconds of [a, b] covered by the spans [x, y] (their union: two failures whose
+    detections overlap cost the overlap once)."""
+    cut = sorted((max(a, x), min(b, y)) for x, y in spans if min(b, y) > max(a, x))
+    total, end = 0.0, a
+    for x, y in cut:
+        if y > end:
+            total += y - max(x, end)
+            end = y
+    return total
+
+
+def _split(a: float, b: float, *layers) -> list[float]:
+    """Seconds of [a, b] in each layer of spans, each instant counted once, in the first
+    layer that covers it (checkpoint, then detection, then pause)."""
+    out, below, covered = [], [], 0.0
+    for spans in layers:
+        below = below + list(spans)
+        now = _within(a, b, below)
+        out.append(now - covered)
+        covered = now
+    return out
 
 
 def goodput(tls: list[dict]) -> dict:
@@ -125,13 +146,13 @@ def goodput(tls: list[dict]) -> dict:
         saved = end if tl["ok"] else max([t for _, t in ck], default=s)
         surv = [(max(s, f), max(s, min(end, d)), max(s, min(end, r))) for f, d, r in tl["survived"] if f <= end]
         det_spans, pause_spans = [(f, d) for f, d, _ in surv], [(d, r) for _, d, r in surv]
-        parts["checkpoint_s"] += _within(s, saved, ck)
-        parts["detect_s"] += _within(s, end, det_spans)
-        parts["pause_s"] += _within(s, end, pause_spans)
-        parts["productive_s"] += max(0.0, (saved - s) - _within(s, saved, ck) - _within(s, saved, det_spans)
-                                     - _within(s, saved, pause_spans))
-        parts["redone_s"] += max(0.0, (end - saved) - _within(saved, end, det_spans)
-                                 - _within(saved, end, pause_spans))
+        ck_in, det_in, pause_in = _split(s, saved, ck, det_spans, pause_spans)
+        det_out, pause_out = _split(saved, end, det_spans, pause_spans)
+        parts["checkpoint_s"] += ck_in
+        parts["detect_s"] += det_in + det_out
+        parts["pause_s"] += pause_in + pause_out
+        parts["productive_s"] += max(0.0, (saved - s) - ck_in - det_in - pause_in)
+        parts["redone_s"] += max(0.0, (end - saved) - det_out - pause_out)
         if not tl["ok"]:
             parts["detect_s"] += max(0.0, tl["t_detect"] - end)
             cursor = max(end, tl["t_detect"])
