@@ -118,6 +118,23 @@ def test_elastic_fences_a_hung_rank_and_shrinks(launch):
 
 
 @pytest.mark.slow
+def test_elastic_survives_a_kill_and_a_hang_at_the_same_step(launch):
+    """Rank 1 killed and rank 2 SIGSTOPped at the same step: the next collective waits on
+    rank 2, which MPI never reports; the step watchdog fences both stale ranks and one
+    shrink takes them out, and the job goes on with two ranks, well before its deadline.
+    (A hang that starts during the shrink itself: test_restart_parts, recovery is watched.)"""
+    ev = ("faults.events=[{action:kill,target:{role:worker,index:1},at:{step:20}},"
+          "{action:hang,target:{role:worker,index:2},at:{step:20}}]")
+    run = launch(4, *AR, "backend.elastic=true", "backend.step_timeout_s=6", ev, deadline=DEADLINE)
+    s = run.summary
+    assert s["status"] == "succeeded", s.get("reason")
+    assert s["attempts"] == 1 and s["ranks_alive_end"] == 2 and s["rows_applied"] == s["rows_planned"]
+    assert 2 in {r for e in run.events("fenced") for r in e["ranks"]}
+    assert s["wall_s"] < DEADLINE / 2
+    assert_all_gone(run)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("n, args", [(1, ("backend=local",)),
                                      (4, AR + ("backend.elastic=true",)),
                                      (5, ("backend=ps", "backend.servers=2"))])

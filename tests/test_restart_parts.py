@@ -276,3 +276,39 @@ def test_ps_refuses_a_restart_with_the_survivors(tmp_path, capsys):
                  "survivors", "backend=ps", "backend.servers=2"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--restart-ranks survivors: backend=ps" in err[0], err
+
+
+def test_elastic_recovery_runs_under_the_step_watchdog(monkeypatch):
+    """Recovery's shrink waits on every live rank, and MPI never reports a hung one: the
+    shrink must run inside the watchdog's collective context (as a step does), so that a
+    rank hung meanwhile is fenced after step_timeout_s instead of holding it forever."""
+    from contextlib import contextmanager
+
+    from pslab.backends import elastic
+
+    class Stop(Exception):
+        pass
+
+    class Tr:
+        watched = False
+        step, epoch, comm, rec = 7, 0, object(), None
+        plan = elastic.Plan(None, [0, 1, 2], [[], [], []], [1, 1, 1])
+
+        @contextmanager
+        def collective(self, step):
+            assert step == self.step
+            self.watched = True
+            try:
+                yield
+            finally:
+                self.watched = False
+
+    tr = Tr()
+
+    def shrink(comm):
+        raise Stop(tr.watched)
+
+    monkeypatch.setattr(elastic, "shrink", shrink)
+    with pytest.raises(Stop) as e:
+        elastic.recover(tr, RuntimeError("a collective failed"))
+    assert e.value.args == (True,) and tr.watched is False

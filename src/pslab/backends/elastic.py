@@ -196,50 +196,54 @@ def recover(tr, err) -> None:
     t_first = t_fail
     members = list(tr.plan.members)
     error = error_name(err)
-    while True:
-        attempts += 1
-        t0 = time.perf_counter()
-        new = shrink(comm)
-        t_shrink += time.perf_counter() - t0
-        alive = world_ranks(new)
-        lost = [r for r in members if r not in alive]
-        members = alive
-        if lost:
-            rec.event("failure_detected", sync=True, step=tr.step, epoch=tr.epoch, error=error,
-                      dead_world_ranks=lost, ranks_alive=new.size, detected_at=t_fail, elastic=True,
-                      during_recovery=attempts > 1)
-        else:  # revoked without a dead rank (a drill, or a false alarm of a detector)
-            rec.event("false_alarm", sync=True, step=tr.step, epoch=tr.epoch, error=error)
-        if 0 not in alive:
-            tr.flush_counters("unrecoverable")
-            rec.event("unrecoverable", sync=True, reason="world rank 0 (evaluation, result) died", alive=alive)
-            rec.aborting("world rank 0 (evaluation, result) died: elastic allreduce cannot go on without it")
-            MPI.COMM_WORLD.Abort(1)
-        try:
-            # last completed step (min, max) and the earliest detection among the survivors
-            agree = np.array([tr.step, -tr.step, t_fail], np.float64)
-            new.Allreduce(MPI.IN_PLACE, agree, op=MPI.MIN)
-            lo, hi, t_first = int(agree[0]), -int(agree[1]), float(agree[2])
-            if hi > lo:
-                if hi - lo > 1:
-                    raise RuntimeError(f"survivors are {hi - lo} steps apart (at most 1 is possible)")
-                me = np.array([new.rank if tr.step == hi else new.size], np.int64)
-                new.Allreduce(MPI.IN_PLACE, me, op=MPI.MIN)
-                keys, g = bcast_update(new, int(me[0]), tr.last_update if tr.step == hi else None, tr.dim)
-                if tr.step < hi:
-                    tr.roll_forward(keys, g)
-                rolled = True
-            if not same_everywhere(new, digest(tr.table)):
-                tr.table = bcast_model(new, tr.table, root=0)
-                if new.rank == 0:
-                    tr.rec.acct.sent("recovery_model", tr.table.nbytes * (new.size - 1))
-                resynced = True
-            new.Agree(1)
-        except MPI.Exception as e2:  # another failure during recovery: shrink again
-            error = error_name(e2)
-            comm = new
-            continue
-        break
+    # Recovery's own collectives (shrink, agree, resync) are watched like a step's: a rank
+    # hung (not dead) when another died would otherwise hold the shrink forever; the
+    # watchdog fences it (or aborts) after backend.step_timeout_s.
+    with tr.collective(tr.step):
+        while True:
+            attempts += 1
+            t0 = time.perf_counter()
+            new = shrink(comm)
+            t_shrink += time.perf_counter() - t0
+            alive = world_ranks(new)
+            lost = [r for r in members if r not in alive]
+            members = alive
+            if lost:
+                rec.event("failure_detected", sync=True, step=tr.step, epoch=tr.epoch, error=error,
+                          dead_world_ranks=lost, ranks_alive=new.size, detected_at=t_fail, elastic=True,
+                          during_recovery=attempts > 1)
+            else:  # revoked without a dead rank (a drill, or a false alarm of a detector)
+                rec.event("false_alarm", sync=True, step=tr.step, epoch=tr.epoch, error=error)
+            if 0 not in alive:
+                tr.flush_counters("unrecoverable")
+                rec.event("unrecoverable", sync=True, reason="world rank 0 (evaluation, result) died", alive=alive)
+                rec.aborting("world rank 0 (evaluation, result) died: elastic allreduce cannot go on without it")
+                MPI.COMM_WORLD.Abort(1)
+            try:
+                # last completed step (min, max) and the earliest detection among the survivors
+                agree = np.array([tr.step, -tr.step, t_fail], np.float64)
+                new.Allreduce(MPI.IN_PLACE, agree, op=MPI.MIN)
+                lo, hi, t_first = int(agree[0]), -int(agree[1]), float(agree[2])
+                if hi > lo:
+                    if hi - lo > 1:
+                        raise RuntimeError(f"survivors are {hi - lo} steps apart (at most 1 is possible)")
+                    me = np.array([new.rank if tr.step == hi else new.size], np.int64)
+                    new.Allreduce(MPI.IN_PLACE, me, op=MPI.MIN)
+                    keys, g = bcast_update(new, int(me[0]), tr.last_update if tr.step == hi else None, tr.dim)
+                    if tr.step < hi:
+                        tr.roll_forward(keys, g)
+                    rolled = True
+                if not same_everywhere(new, digest(tr.table)):
+                    tr.table = bcast_model(new, tr.table, root=0)
+                    if new.rank == 0:
+                        tr.rec.acct.sent("recovery_model", tr.table.nbytes * (new.size - 1))
+                    resynced = True
+                new.Agree(1)
+            except MPI.Exception as e2:  # another failure during recovery: shrink again
+                error = error_name(e2)
+                comm = new
+                continue
+            break
     dead = [r for r in tr.plan.members if r not in alive]
     if tr.steps_in_epoch == 0:
         # No step of this epoch yet: deal the epoch afresh over the survivors.
