@@ -1,0 +1,114 @@
+"""Do two reproductions rank the same way? Every ranking a caption may state, from two
+results folders, side by side.
+
+    .venv/bin/python experiments/compare_rankings.py results/ /path/to/other/results/
+    .venv/bin/python experiments/compare_rankings.py results/ other/ --strict   # one-sided counts too
+
+A caption states a direction only where a 95% interval excludes "no difference"
+(pslab.analysis.intervals); this lists each such claim as +1 / -1 (its direction) or 0
+(indistinguishable), for:
+- consistency: each arm's examples and wall time to the target log-loss vs BSP;
+- stragglers: each arm's slowdown against no straggler, its gain against waiting (BSP)
+  and backup instances' gain against ASP without them;
+- goodput (results/goodput and make reproduce's results/goodput_small): at each size,
+  ETTR and success rate of every pair of contenders.
+Two runs agree on a claim when they give it the same direction; a claim one run ranks and
+the other calls indistinguishable is one-sided; opposite directions contradict. Exit code
+1 on a contradiction (with --strict, also on a one-sided claim), else 0.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from itertools import combinations
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from pslab.analysis import comparisons as C  # noqa: E402
+from pslab.analysis import intervals as I  # noqa: E402
+from pslab.analysis.io import load_runs, load_trials  # noqa: E402
+
+
+def direction(iv, null: float) -> int | None:
+    """+1 / -1 where the interval lies above / below `null`, 0 where it holds it, None
+    without an interval."""
+    if not iv or iv[0] is None or iv[1] is None:
+        return None
+    return 1 if iv[0] > null else -1 if iv[1] < null else 0
+
+
+def versus(a, b) -> int | None:
+    """+1 if interval a lies above b, -1 below, 0 if they overlap, None if one is missing."""
+    if not a or not b or None in (*a, *b):
+        return None
+    return 1 if a[0] > b[1] else -1 if a[1] < b[0] else 0
+
+
+def claims(results: Path) -> dict[str, int | None]:
+    out: dict[str, int | None] = {}
+    if (results / "consistency").exists():
+        for r in C.consistency_rows(load_runs(results / "consistency")):
+            if r["arm"] != "bsp":
+                out[f"consistency {r['arm']}: examples to target vs BSP"] = direction(r.get("examples_vs_bsp_ci"), 1.0)
+                out[f"consistency {r['arm']}: time to target vs BSP"] = direction(r.get("time_vs_bsp_ci"), 1.0)
+    if (results / "stragglers").exists():
+        for r in C.straggler_rows(load_runs(results / "stragglers")):
+            for key, null in (("train_time_vs_fault_free_ci", 1.0), ("time_to_target_gain_vs_wait_ci", 0.0),
+                              ("train_time_gain_vs_nobackup_ci", 0.0)):
+                if r.get(key) is not None:
+                    out[f"stragglers {r['arm']}: {key.removesuffix('_ci')}"] = direction(r[key], null)
+    for name in ("goodput", "goodput_small"):  # the committed run; the one make reproduce makes
+        trials = load_trials(results / name) if (results / name / "trials.jsonl").exists() else []
+        by_size: dict[int, list[dict]] = {}
+        for cell in C.goodput_cells(trials):
+            by_size.setdefault(cell["ranks"], []).append(cell)
+        for n, cells in sorted(by_size.items()):
+            for x, y in combinations(cells, 2):
+                pair = f"{x['contender']} vs {y['contender']}"
+                out[f"{name} {n} ranks: ETTR {pair}"] = versus(x["ettr_ci"], y["ettr_ci"])
+                out[f"{name} {n} ranks: success {pair}"] = versus(x["success_ci"], y["success_ci"])
+    return out
+
+
+def compare(a: dict, b: dict) -> dict[str, list[str]]:
+    verdict: dict[str, list[str]] = {"same": [], "one-sided": [], "contradicts": [], "in one run only": []}
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if x is None or y is None:
+            verdict["in one run only" if (x is None) != (y is None) else "same"].append(k)
+        elif x == y:
+            verdict["same"].append(k)
+        elif x * y < 0:
+            verdict["contradicts"].append(k)
+        else:
+            verdict["one-sided"].append(k)
+    return verdict
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("first", type=Path)
+    ap.add_argument("second", type=Path)
+    ap.add_argument("--strict", action="store_true", help="a one-sided claim counts as a difference too")
+    args = ap.parse_args(argv)
+    for d in (args.first, args.second):
+        if not d.is_dir():
+            ap.error(f"{d}: no such results folder")
+    a, b = claims(args.first), claims(args.second)
+    v = compare(a, b)
+    sign = {1: "+", -1: "-", 0: "=", None: "."}
+    for kind in ("contradicts", "one-sided", "in one run only"):
+        for k in v[kind]:
+            print(f"{kind:>16}  {sign[a.get(k)]} {sign[b.get(k)]}  {k}")
+    ranked = sum(1 for k in v["same"] if a.get(k))
+    print(f"{len(v['same'])} claims the same ({ranked} of them a ranking, the rest {I.INDISTINCT} in both), "
+          f"{len(v['one-sided'])} ranked in one run only, {len(v['contradicts'])} contradictory, "
+          f"{len(v['in one run only'])} measured in one run only")
+    bad = v["contradicts"] + (v["one-sided"] if args.strict else [])
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
