@@ -312,3 +312,31 @@ def test_elastic_recovery_runs_under_the_step_watchdog(monkeypatch):
     with pytest.raises(Stop) as e:
         elastic.recover(tr, RuntimeError("a collective failed"))
     assert e.value.args == (True,) and tr.watched is False
+
+
+def test_the_job_clock_stops_at_the_detection_that_ended_an_attempt(tmp_path):
+    """Attempt 0: ranks start at t0, rank 2 is killed at t0+4, detected at t0+4.5; during
+    the teardown rank 3's hazard fires at t0+6. Attempt 1 starts with the job's clock at
+    4.5 s (not through the teardown) and only rank 2's fault spent: rank 3's is still due."""
+    from pslab.config import load_config
+
+    seen = []
+
+    def run_attempt(cfg, ranks, overrides, adir):
+        seen.append(read_job(tmp_path))
+        if len(seen) > 1:
+            return {"status": "succeeded"}
+        t0 = time.time() - 10
+        evs = [{"kind": "rank_started", "rank": r, "t": t0 + 0.1 * r} for r in range(4)]
+        evs += [{"kind": "training_started", "rank": 0, "t": t0 + 1},
+                {"kind": "fault_injected", "rank": 2, "t": t0 + 4, "action": "kill", "fault_id": "hazard-r2"},
+                {"kind": "failure_detected", "rank": 1, "t": t0 + 4.5},
+                {"kind": "aborting", "rank": 1, "t": t0 + 4.6},
+                {"kind": "fault_injected", "rank": 3, "t": t0 + 6, "action": "kill", "fault_id": "hazard-r3"}]
+        (adir / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evs))
+        return {"status": "failed", "faults_injected": 2}
+
+    ov = ["backend=allreduce", "model=lr", "data=synthetic"]
+    restart.run_attempts(load_config(ov), 4, ov, tmp_path, run_attempt, 1, "same", lambda: False)
+    assert len(seen) == 2 and seen[0]["clock_offset_s"] == 0
+    assert seen[1]["fired"] == {"hazard-r2"} and seen[1]["clock_offset_s"] == pytest.approx(4.5, abs=1e-3)

@@ -12,9 +12,13 @@ Every rank reads it at start (config key run.job_dir), so that
 - an event that fired in an earlier attempt does not fire again (ids: the event's index
   in faults.events, or "hazard-r<rank>" for a rank's hazard draw);
 - time triggers (elapsed_s, hazards) run on the job's clock: seconds this rank has run
-  plus X, the earlier attempts' up time (first rank start to the attempt's end). Time
-  between attempts (teardown, relaunch) is not on it: a failure law describes ranks
-  that run, and no fault can hit a job that is down.
+  plus X, the earlier attempts' up time (first rank start to the detection that ended
+  the attempt). Time between attempts (teardown, relaunch) is not on it: a failure law
+  describes ranks that run, and no fault can hit a job that is down. A fault that fired
+  during a teardown (after that detection, in a rank not ended yet) is not in "fired":
+  it is due again in the next attempt, at the same time of the job's clock (had it
+  stayed fired, the next attempt would miss it; had the clock run through the teardown,
+  faults due then would all strike the next attempt at its start).
 Without run.job_dir (no restarts) nothing changes: each rank's own start is the clock.
 """
 from __future__ import annotations

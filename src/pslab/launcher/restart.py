@@ -81,7 +81,8 @@ def dead_ranks(events: list[dict]) -> set[int]:
 
 
 def up_time(events: list[dict], t_end: float) -> float:
-    """Seconds an attempt's ranks ran: first rank start to the attempt's end."""
+    """Seconds an attempt was up: first rank start to t_end (the detection that ended a
+    failed attempt; the end of a finished one)."""
     starts = [float(e["t"]) for e in events if e.get("kind") == "rank_started" and e.get("t")]
     return max(0.0, t_end - min(starts)) if starts else 0.0
 
@@ -142,15 +143,20 @@ def run_attempts(cfg, n: int, overrides: list[str], job_dir: Path, run_attempt, 
         s = run_attempt(acfg, ranks, ov, adir)
         t_end = time.time()
         events = read_jsonl(adir / "events.jsonl")
-        fired |= fired_ids(events)
-        offset += up_time(events, t_end)
+        tl = timeline(events, read_json(adir / "result.json"), t_launch, t_end)
+        # The job is down from the detection that ended a failed attempt: its clock stops
+        # there, and a fault that fired during the teardown (in a rank not yet ended) hit
+        # a job that was down, so it stays due, at the same time of the job's clock.
+        t_down = min(t_end, tl["t_detect"]) if not tl["ok"] and tl["t_detect"] is not None else t_end
+        fired |= fired_ids([e for e in events if float(e.get("t", 0.0)) <= t_down])
+        offset += up_time(events, t_down)
         started = next((e for e in events if e.get("kind") in ("resume",) and e.get("rank") == 0), None)
         attempts.append({"attempt": i, "status": s["status"], "reason": s.get("reason"), "ranks": ranks,
                          "start_step": (started or {}).get("step", (started or {}).get("clock", 0)),
                          "resume_from": str(resume) if resume else None, "wall_s": round(t_end - t_launch, 3),
                          "t_launch": round(t_launch, 3), "t_end": round(t_end, 3),
                          "faults_injected": s.get("faults_injected", 0), "dir": str(adir)})
-        tls.append(timeline(events, read_json(adir / "result.json"), t_launch, t_end))
+        tls.append(tl)
         summaries.append(s)
         if s["status"] != "failed" or interrupted() or i == max_restarts:
             break
