@@ -51,7 +51,7 @@ Output (results/goodput/ unless --out; run dirs under runs/goodput/):
                    recovery_s, rereplication_s, hazard, run_dir; plus success, test_auc, ...)
     references.jsonl  the fault-free runs (one per contender and size; the calibration)
     meta.json      the setting, the rate, Young/Daly's C, M and interval per size
-    cells.json, cells.md   success rate (Wilson 95%) and ETTR (bootstrap 95%) per cell
+    cells.json, cells.md   success rate (Wilson 95%) and ETTR (95%, stratified by faults) per cell
 Rerunning resumes: a (contender, ranks, seed) already in trials.jsonl is not run again
 (--fresh starts over); --preset full adds trials to the small preset's results.
 """

@@ -39,7 +39,7 @@ intervals separate.
 
 FIGS = [
     ("goodput", "00_goodput", "Goodput (ETTR) and success rate under kills and hangs",
-     "ETTR (productive / wall time; a failed job counts 0; bootstrap 95% intervals) and job success rate "
+     "ETTR (productive / wall time; a failed job counts 0; 95% intervals stratified by faults) and job success rate "
      "(Wilson 95%) at 4, 8 and 16 ranks under one seeded per-rank hazard of kills and hangs (rank 0 at risk), "
      "for classic allreduce restarted from scratch, classic allreduce with checkpoint-restart (Young/Daly), "
      "elastic allreduce and the PS (R=2), paired seeds across contenders."),

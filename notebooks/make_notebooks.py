@@ -74,7 +74,8 @@ display(Image(filename=str(path)))""",
         "outro": """\
 ETTR = productive training time / (productive + checkpoint + restart + redone +
 detection time), start-up of the first attempt left out; a job that never finishes
-counts 0. Intervals: Wilson for rates, a seeded bootstrap for ETTR means; the caption
+counts 0. Intervals: Wilson for rates; for ETTR means, stratified by whether a fault
+struck (pslab.analysis.intervals.ettr_interval); the caption
 ranks two contenders only where their intervals do not overlap.""",
     },
     "01_success_rate": {

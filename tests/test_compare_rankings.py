@@ -20,7 +20,8 @@ def test_directions_and_verdicts():
 
 
 def trial(contender, seed, ettr, status="succeeded"):
-    return {"contender": contender, "ranks": 4, "seed": seed, "status": status, "ettr": ettr, "success": status == "succeeded"}
+    return {"contender": contender, "ranks": 4, "seed": seed, "status": status, "ettr": ettr,
+            "success": status == "succeeded", "faults_injected": 1}
 
 
 def write(d: Path, rows):

@@ -48,6 +48,29 @@ def test_bootstrap_mean_is_seeded_and_covers_the_mean():
     assert intervals.bootstrap_mean([0.2, 0.9, 0.8]) is None  # too few trials for an interval
 
 
+def test_ettr_interval_covers_faults_a_small_sample_did_not_meet():
+    """6 fault-free trials at 0.99: a bootstrap says [0.99, 0.99]; a fault may still strike
+    a trial in 39% of them (Wilson) at any cost, so the interval reaches well below."""
+    lo, hi = intervals.ettr_interval([0.99] * 6, [False] * 6)
+    assert 0.99 <= hi <= 1.0 and lo < 0.7
+    # coverage, by simulation: 20 trials, a fault in 10% of them costs ETTR 0.2
+    rng = np.random.default_rng(0)
+    true_mean, covered = 0.9 * 0.99 + 0.1 * 0.2, 0
+    for _ in range(300):
+        struck = rng.random(20) < 0.1
+        x = np.where(struck, 0.2, 0.99)
+        lo, hi = intervals.ettr_interval(x, struck)
+        covered += lo <= true_mean <= hi
+    assert covered / 300 >= 0.95
+    # every trial struck: the faulted trials' own interval; a ranking needs a real gap
+    assert intervals.ettr_interval([0.3, 0.35, 0.4, 0.32, 0.38], [True] * 5) == \
+        intervals.bootstrap_mean([0.3, 0.35, 0.4, 0.32, 0.38], 1 - 0.05 / 3)
+    assert intervals.ettr_interval([0.9] * 4, [False] * 4) is None  # fewer than 5 trials
+    # one trial met a (cheap) kill: what faults cost is not known from it
+    lo, _ = intervals.ettr_interval([0.98] * 19 + [0.96], [False] * 19 + [True])
+    assert lo < 0.8
+
+
 def test_ratio_interval_is_a_t_interval_on_log_ratios():
     lo, hi = intervals.ratio_interval([0.5, 0.6, 0.55])
     assert lo < 0.55 < hi < 1.0  # three agreeing repetitions: below 1

@@ -260,7 +260,7 @@ def simulator(validation_rows) -> str:
 
 def goodput(cells) -> str:
     """Per size: the contenders ranked by success rate and by ETTR only where their 95%
-    intervals separate (Wilson; bootstrap of the mean), else said to be indistinguishable."""
+    intervals separate (Wilson; the mean ETTR stratified by faults), else said to be indistinguishable."""
     cells = list(cells)
     if not cells:
         return "No goodput trials yet (results/goodput/trials.jsonl)."
@@ -276,7 +276,7 @@ def goodput(cells) -> str:
                                           if c["ettr_ci"][0] is not None else None) for c in at])
         bits.append(part)
     trials = min(c["trials"] for c in cells)
-    return (f"With {trials}+ paired trials a cell (95% intervals: Wilson for rates, bootstrap for ETTR means; a "
+    return (f"With {trials}+ paired trials a cell (95% intervals: Wilson for rates, ETTR means stratified by whether a fault struck; a "
             "failed job counts ETTR 0): " + "; ".join(bits) + ". Production anchors: Llama 3 and MegaScale report "
             "ETTR above 90% with automatic checkpoint-restart on 16K and 10K GPUs.")
 

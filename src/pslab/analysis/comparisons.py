@@ -421,9 +421,15 @@ GOODPUT_LABELS = {"scratch": "classic allreduce, restarted from scratch",
                   "elastic": "elastic allreduce (ULFM)", "ps": "parameter server (R=2)"}
 
 
+def struck_by_fault(t: dict) -> bool:
+    """A fault struck the trial (a failed one always counts as struck)."""
+    return bool(t.get("faults_injected") or t.get("failures_detected")) or t.get("status") != "succeeded"
+
+
 def goodput_cells(trials: list[dict]) -> Table:
     """One row per (contender, ranks) of results/goodput/trials.jsonl: success rate with
-    its Wilson 95% interval, ETTR's mean with a bootstrap 95% interval (a failed trial
+    its Wilson 95% interval, ETTR's mean with a 95% interval stratified by whether a fault
+    struck (intervals.ettr_interval; a failed trial
     counts 0: no model delivered) and its mean over the finished trials, attempts,
     faults, and the unproductive time split (medians)."""
     rows = []
@@ -432,14 +438,17 @@ def goodput_cells(trials: list[dict]) -> Table:
         succ = sum(bool(t.get("success", t.get("status") == "succeeded")) for t in ts)
         ettr = [float(t["ettr"]) if t.get("status") == "succeeded" and t.get("ettr") is not None else 0.0
                 for t in ts]
-        ettr_ok = [float(t["ettr"]) for t in ok if t.get("ettr") is not None]
+        struck = [struck_by_fault(t) for t in ts]
+        ok_known = [t for t in ok if t.get("ettr") is not None]
+        ettr_ok = [float(t["ettr"]) for t in ok_known]
         lo, hi = I.wilson(succ, len(ts))
         rows.append({
             "contender": c, "ranks": n, "trials": len(ts), "successes": succ, "success_rate": succ / len(ts),
             "success_ci": [lo, hi], "finished": len(ok),
-            "ettr_mean": float(np.mean(ettr)), "ettr_ci": list(I.bootstrap_mean(ettr) or (None, None)),
+            "ettr_mean": float(np.mean(ettr)), "ettr_ci": list(I.ettr_interval(ettr, struck) or (None, None)),
             "ettr_finished_mean": float(np.mean(ettr_ok)) if ettr_ok else None,
-            "ettr_finished_ci": list(I.bootstrap_mean(ettr_ok) or (None, None)),
+            "ettr_finished_ci": list(I.ettr_interval(ettr_ok, [struck_by_fault(t) for t in ok_known])
+                                     or (None, None)),
             "attempts_mean": float(np.mean([t.get("attempts") or 1 for t in ts])),
             "with_faults": sum((t.get("faults_injected") or 0) > 0 for t in ts),
             "faults_mean": float(np.mean([t.get("faults_injected") or 0 for t in ts])),
@@ -454,7 +463,7 @@ def goodput_cells(trials: list[dict]) -> Table:
     return Table(rows, ["contender", "ranks", "trials", "successes", "success_rate", "success_ci", "ettr_mean",
                         "ettr_ci", "ettr_finished_mean", "attempts_mean", "faults_mean", "checkpoint_every",
                         "wall_s"],
-                 title="goodput: success rate (Wilson 95%) and ETTR (bootstrap 95%, failed trials count 0)")
+                 title="goodput: success rate (Wilson 95%) and ETTR (95%, stratified by faults; failed trials count 0)")
 
 
 def goodput_markdown(cells) -> str:

@@ -515,7 +515,7 @@ GOODPUT_COLORS = {"scratch": "tab:red", "ckpt_restart": "tab:purple", "elastic":
 
 def fig_goodput(trials, out_dir=None, name: str = "goodput"):
     """Left: ETTR (productive / wall time, failed jobs counted 0) vs ranks, mean and
-    bootstrap 95% interval; right: success rate with Wilson 95% intervals; one line per
+    95% interval (stratified by faults); right: success rate with Wilson 95% intervals; one line per
     contender, offset a little along x so the intervals do not hide each other."""
     cells = list(C.goodput_cells(trials))
     fig = Figure(figsize=(11, 4.3))
@@ -541,7 +541,7 @@ def fig_goodput(trials, out_dir=None, name: str = "goodput"):
         ax2.errorbar(x, r, yerr=[r - lo, hi - r], fmt="s-", color=col, capsize=3, label=lab)
     n_min = min(c["trials"] for c in cells)
     for ax, ylabel, title in ((ax1, "ETTR: productive / wall time (failed job: 0)",
-                               "Goodput (mean, bootstrap 95% interval)"),
+                               "Goodput (mean, 95% interval)"),
                               (ax2, "job success rate", "Success rate (Wilson 95% interval)")):
         ax.set_xscale("log", base=2)
         ax.set_xticks(ranks, [str(n) for n in ranks])

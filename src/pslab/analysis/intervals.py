@@ -2,8 +2,11 @@
 the intervals separate.
 
 - rates (success rate): Wilson score intervals (`wilson`, pslab.sim's);
-- means of per-trial values (ETTR): a seeded percentile bootstrap of the mean
-  (`bootstrap_mean`), from 5 trials on;
+- means of per-trial values: a seeded percentile bootstrap of the mean (`bootstrap_mean`),
+  from 5 trials on;
+- mean ETTR of trials a fault may or may not strike (`ettr_interval`): stratified by
+  whether a fault struck, so that a small sample in which no trial (or few) met a fault
+  does not give an interval that excludes what faults would cost;
 - ratios paired by repetition (a time to target over the reference arm's, one per
   repetition): a Student t interval on the log-ratios (`ratio_interval`), from 3
   repetitions on (with 2 the spread is one difference: no interval, no ranking).
@@ -46,6 +49,41 @@ def bootstrap_mean(values, confidence: float = CONFIDENCE, resamples: int = BOOT
     means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
     a = (1 - confidence) / 2
     return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+
+
+def ettr_interval(values, struck, confidence: float = CONFIDENCE, min_n: int = MIN_TRIALS,
+                  seed: int = 0) -> tuple[float, float] | None:
+    """Interval of the mean ETTR of trials (values in [0, 1]; `struck[i]`: a fault struck
+    trial i). A bootstrap alone cannot see what no trial met: with a fault in a few
+    trials of 20 (a small job, a low hazard), the trials that met none make a tight
+    interval around ~1 that the faults' cost lies outside of. So the mean is taken as
+    (1 - p) a + p b, p the share of trials a fault strikes (Wilson interval: 0 of 20 still
+    allows 16%), a and b the mean ETTR of the trials without and with a fault (bootstrap
+    intervals; a fault-free trial's ETTR is 1 less its checkpoints, with no rare event in
+    it, so any number of them will do for a; b needs MIN_TRIALS trials that met a fault,
+    else it is anywhere in [0, 1]: one trial that met a kill says nothing of what a hang
+    costs), each at 1 - (1 - confidence)/3
+    so the three together hold at `confidence` (Bonferroni); the bounds are the extremes
+    of the mean over those ranges. None with fewer than min_n trials."""
+    pairs = [(float(v), bool(f)) for v, f in zip(values, struck) if v is not None and np.isfinite(v)]
+    if len(pairs) < min_n:
+        return None
+    each = 1 - (1 - confidence) / 3
+    hit = [v for v, f in pairs if f]
+    clean = [v for v, f in pairs if not f]
+    p_lo, p_hi = wilson(len(hit), len(pairs), each)
+
+    def stratum(x, least):
+        if not x or len(x) < least:
+            return 0.0, 1.0  # too few of the kind to say what their mean is
+        return bootstrap_mean(x, each, seed=seed, min_n=1)
+
+    (a_lo, a_hi), (b_lo, b_hi) = stratum(clean, 1), stratum(hit, MIN_TRIALS)
+    if not clean:  # every trial met a fault: p = 1 whatever the interval says
+        return b_lo, b_hi
+    lo = min((1 - p) * a_lo + p * b_lo for p in (p_lo, p_hi))
+    hi = max((1 - p) * a_hi + p * b_hi for p in (p_lo, p_hi))
+    return float(lo), float(hi)
 
 
 MIN_REPS = 3  # a spread estimated from two repetitions (one difference) is too erratic to rank on

@@ -16,7 +16,7 @@ left out: the simulator models random failures, not a kill at a chosen step.
 `validate_goodput(trials)` does the same for the goodput trials (results/goodput/
 trials.jsonl) and the goodput model (pslab.sim.goodput): per cell, the simulated success
 rate inside the measured Wilson 95% interval and the simulated mean ETTR inside the
-bootstrap 95% interval of the measured mean. Every rank the measured hazard put at risk
+95% interval of the measured mean (stratified by whether a fault struck). Every rank the measured hazard put at risk
 is at risk in the simulation, rank 0 included (the cell's hazard says who was spared).
 
     python experiments/simulate.py --validate results/goodput   # writes results/goodput/validation.json
@@ -98,21 +98,11 @@ def validate(calibration: Calibration, measured_runs: list[dict], trials: int = 
 # --------------------------------------------------------------------------- goodput trials
 
 
-def ettr_mean_interval(values, confidence: float = 0.95, rng=0) -> tuple[float, float] | None:
-    """Bootstrap (BCa, scipy.stats.bootstrap) interval of the mean ETTR; None with fewer
-    than 2 values. Identical values give a zero-width interval at their value."""
-    from scipy import stats
-    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
-    if x.size < 2:
-        return None
-    if np.ptp(x) == 0:
-        return float(x[0]), float(x[0])
-    res = stats.bootstrap((x,), np.mean, confidence_level=confidence, method="BCa",
-                          n_resamples=4000, random_state=np.random.default_rng(rng))
-    lo, hi = res.confidence_interval
-    if not (np.isfinite(lo) and np.isfinite(hi)):  # BCa degenerates on near-constant data
-        lo, hi = np.quantile(x, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return float(lo), float(hi)
+def ettr_mean_interval(values, struck, confidence: float = 0.95) -> tuple[float, float] | None:
+    """The 95% interval of a cell's mean ETTR the captions use (stratified by whether a
+    fault struck: pslab.analysis.intervals.ettr_interval), from 2 trials on."""
+    from ..analysis.intervals import ettr_interval
+    return ettr_interval(values, struck, confidence, min_n=2)
 
 
 def validate_goodput(trials: list[dict], trials_per_cell: int = 2000, rng=0, fit=None,
@@ -120,7 +110,7 @@ def validate_goodput(trials: list[dict], trials_per_cell: int = 2000, rng=0, fit
                      per_size: bool = True) -> dict:
     """Simulate every measured goodput cell (pslab.sim.fit_goodput.cells) and check that the
     simulated success rate lies in the cell's Wilson 95% interval and the simulated mean
-    ETTR (successful trials) in the bootstrap 95% interval of the measured mean.
+    ETTR (successful trials) in the 95% interval of the measured mean (ettr_mean_interval).
 
     Returns {"cells": [row..], "passed": k, "total": n, "costs": {...}, "cost_sources": {...}};
     a row: contender, ranks, workers, servers, hazard, checkpoint_interval_s, max_restarts,
@@ -150,8 +140,9 @@ def validate_goodput(trials: list[dict], trials_per_cell: int = 2000, rng=0, fit
                          "ettr_inside": None, "passed": False, "notes": cell.notes})
             continue
         sim = simulate_goodput(job, trials_per_cell, rng)
-        measured = [t.get("ettr") for t in ts if t["status"] == "succeeded"]
-        ci = ettr_mean_interval(measured)
+        done = [t for t in ts if t["status"] == "succeeded"]
+        measured = [t.get("ettr") for t in done]
+        ci = ettr_mean_interval(measured, [bool(t.get("faults_injected") or t.get("failures_detected")) for t in done])
         vals = [v for v in measured if isinstance(v, (int, float)) and np.isfinite(v)]
         e_in = None if ci is None or not np.isfinite(sim.ettr_mean) else bool(ci[0] <= sim.ettr_mean <= ci[1])
         s_in = bool(lo <= sim.success_rate <= hi)
@@ -166,5 +157,6 @@ def validate_goodput(trials: list[dict], trials_per_cell: int = 2000, rng=0, fit
             "ettr_inside": e_in, "passed": s_in and e_in is not False, "notes": cell.notes})
     return {"cells": rows, "passed": sum(r["passed"] for r in rows), "total": len(rows),
             "costs": {c: asdict(v) for c, v in fit.costs.items()}, "cost_sources": fit.sources,
-            "method": "success rate: Wilson 95% of the measured cell; ETTR: bootstrap (BCa) 95% of the "
-                      f"measured mean over successful trials; {trials_per_cell} simulated trials per cell"}
+            "method": "success rate: Wilson 95% of the measured cell; ETTR: 95% interval of the measured "
+                      "mean over successful trials, stratified by whether a fault struck "
+                      f"(pslab.analysis.intervals.ettr_interval); {trials_per_cell} simulated trials per cell"}
