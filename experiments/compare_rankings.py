@@ -34,16 +34,20 @@ from pslab.analysis.io import load_runs, load_trials  # noqa: E402
 def direction(iv, null: float) -> int | None:
     """+1 / -1 where the interval lies above / below `null`, 0 where it holds it, None
     without an interval."""
-    if not iv or iv[0] is None or iv[1] is None:
+    if not iv or None in iv:
         return None
-    return 1 if iv[0] > null else -1 if iv[1] < null else 0
+    if not I.excludes(iv, null):
+        return 0
+    return 1 if iv[0] > null else -1
 
 
 def versus(a, b) -> int | None:
     """+1 if interval a lies above b, -1 below, 0 if they overlap, None if one is missing."""
     if not a or not b or None in (*a, *b):
         return None
-    return 1 if a[0] > b[1] else -1 if a[1] < b[0] else 0
+    if not I.separated(a, b):
+        return 0
+    return 1 if a[0] > b[1] else -1
 
 
 def claims(results: Path) -> dict[str, int | None]:

@@ -74,7 +74,7 @@ def ettr_interval(values, struck, confidence: float = CONFIDENCE, min_n: int = M
     p_lo, p_hi = wilson(len(hit), len(pairs), each)
 
     def stratum(x, least):
-        if not x or len(x) < least:
+        if len(x) < least:
             return 0.0, 1.0  # too few of the kind to say what their mean is
         return bootstrap_mean(x, each, seed=seed, min_n=1)
 

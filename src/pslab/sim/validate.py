@@ -123,6 +123,7 @@ def validate_goodput(trials: list[dict], trials_per_cell: int = 2000, rng=0, fit
     each part costs at that size."""
     from dataclasses import asdict
 
+    from ..analysis.comparisons import struck_by_fault
     from .fit_goodput import cells, fit_costs
     from .goodput import simulate_goodput
     fit = fit or fit_costs(trials)
@@ -142,7 +143,7 @@ def validate_goodput(trials: list[dict], trials_per_cell: int = 2000, rng=0, fit
         sim = simulate_goodput(job, trials_per_cell, rng)
         done = [t for t in ts if t["status"] == "succeeded"]
         measured = [t.get("ettr") for t in done]
-        ci = ettr_mean_interval(measured, [bool(t.get("faults_injected") or t.get("failures_detected")) for t in done])
+        ci = ettr_mean_interval(measured, [struck_by_fault(t) for t in done])
         vals = [v for v in measured if isinstance(v, (int, float)) and np.isfinite(v)]
         e_in = None if ci is None or not np.isfinite(sim.ettr_mean) else bool(ci[0] <= sim.ettr_mean <= ci[1])
         s_in = bool(lo <= sim.success_rate <= hi)
