@@ -4,8 +4,8 @@ results folders, side by side.
     .venv/bin/python experiments/compare_rankings.py results/ /path/to/other/results/
     .venv/bin/python experiments/compare_rankings.py results/ other/ --strict   # one-sided counts too
 
-A caption states a direction only where a 95% interval excludes "no difference"
-(pslab.analysis.intervals); this lists each such claim as +1 / -1 (its direction) or 0
+A caption states a direction only where a 95% interval excludes "no difference" (a
+paired ratio or gain by at least intervals.MARGIN; pslab.analysis.intervals); this lists each such claim as +1 / -1 (its direction) or 0
 (indistinguishable), for:
 - consistency: each arm's examples and wall time to the target log-loss vs BSP;
 - stragglers: each arm's slowdown against no straggler, its gain against waiting (BSP)
@@ -32,8 +32,8 @@ from pslab.analysis.io import load_runs, load_trials  # noqa: E402
 
 
 def direction(iv, null: float) -> int | None:
-    """+1 / -1 where the interval lies above / below `null`, 0 where it holds it, None
-    without an interval."""
+    """+1 / -1 where the interval lies above / below `null` (by the captions' margin), 0
+    where it does not, None without an interval."""
     if not iv or None in iv:
         return None
     if not I.excludes(iv, null):

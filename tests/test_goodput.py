@@ -131,6 +131,25 @@ def test_straggler_and_consistency_wording_follows_the_interval():
     assert "too few repetitions to rank" in captions._vs(row, "time_vs_bsp")
     assert "too few repetitions to rank" in captions._gain("ASP", "BSP", "reached the target", 0.3, None)
 
+    # a difference inside the margin is no ranking either, and is said to be one
+    row = {"arm": "ssp1", "examples_vs_bsp": 1.005, "examples_vs_bsp_ci": (1.002, 1.007)}
+    said = captions._vs(row, "examples_vs_bsp")
+    assert "within 2% of no difference" in said and "more" not in said
+    said = captions._gain("SSP", "BSP", "reached the target", -0.07, (-0.122, -0.019))
+    assert "within 2% of no difference" in said and "later" not in said
+
+
+def test_a_direction_needs_the_interval_to_clear_the_margin():
+    """BSP with and without a straggler compute the same model; their examples to target
+    differed by 1.004-1.013x from when rank 0 evaluated: not a ranking."""
+    assert intervals.MARGIN == 0.02
+    assert not intervals.excludes((1.004, 1.013)) and intervals.excludes((1.021, 1.05))
+    assert not intervals.excludes((0.97, 0.99)) and intervals.excludes((0.90, 0.979))
+    assert not intervals.excludes((-0.12, -0.019), 0.0) and intervals.excludes((-0.12, -0.021), 0.0)
+    assert intervals.excludes((1.004, 1.013), margin=0.0) and not intervals.excludes(None)
+    assert intervals.no_ranking((1.004, 1.013)) == intervals.WITHIN
+    assert intervals.no_ranking((0.95, 1.05)) == intervals.no_ranking(None) == intervals.INDISTINCT
+
 
 # ------------------------------------------------------------------ the harness
 

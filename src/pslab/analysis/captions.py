@@ -25,8 +25,8 @@ def _range(vals) -> str:
 
 def consistency(runs) -> str:
     """Each SSP/ASP arm against BSP (paired by repetition, 95% t intervals on the log
-    ratios): "fewer examples" or "sooner" only where the interval excludes 1, else
-    indistinguishable; no "best" staleness unless its interval separates from the others'."""
+    ratios): "fewer examples" or "sooner" only where the interval clears 1 by the margin
+    (intervals.MARGIN), else indistinguishable or within the margin; no "best" staleness unless its interval separates from the others'."""
     rows = {r["arm"]: r for r in C.consistency_rows(runs)}
     if "bsp" not in rows:
         return "No BSP run with a straggler in results/consistency yet."
@@ -68,7 +68,7 @@ def _vs(r: dict, key: str) -> str:
     if iv is None:
         return f"{r['arm']} {v:.2f}x (too few repetitions to rank)"
     word = "fewer" if key.startswith("examples") else "sooner"
-    verdict = (word if iv[1] < 1 else "more" if word == "fewer" else "later") if I.excludes(iv) else I.INDISTINCT
+    verdict = (word if iv[1] < 1 else "more" if word == "fewer" else "later") if I.excludes(iv) else I.no_ranking(iv)
     return f"{r['arm']} {v:.2f}x ({I.fmt_interval(iv)}: {verdict})"
 
 
@@ -147,7 +147,7 @@ def recovery(runs, manifest: dict | None = None) -> str:
 def stragglers(runs, manifest: dict | None = None) -> str:
     """Slowdowns against the fault-free run and gains against waiting (BSP) or against ASP
     without backups, each with its 95% interval over paired repetitions; a direction
-    ("sooner", "later", "slower") only where the interval excludes no change."""
+    ("sooner", "later", "slower") only where the interval clears no change by the margin."""
     rows = list(C.straggler_rows(runs))
     bits = []
     for f in sorted({r["straggler"] for r in rows if (r["straggler"] or 1) > 1}):
@@ -159,7 +159,7 @@ def stragglers(runs, manifest: dict | None = None) -> str:
                 iv = _iv(x.get("train_time_vs_fault_free_ci"))
                 slow.append(f"{name} {x['train_time_vs_fault_free']:.2f}x ("
                             + ("too few repetitions for an interval" if iv is None else I.fmt_interval(iv)
-                               + ("" if I.excludes(iv) else f"; {I.INDISTINCT} from no slowdown")) + ")")
+                               + ("" if I.excludes(iv) else f"; vs no slowdown: {I.no_ranking(iv)}")) + ")")
         part = (f"one worker slowed {f}x: training took " + " and ".join(slow) + " as long as without it") if slow \
             else f"one worker slowed {f}x"
         for arm, name in (("ps-ssp", "SSP (s=4)"), ("ps-asp", "ASP")):
@@ -189,7 +189,7 @@ def _gain(name: str, other: str, what: str, gain: float, ci) -> str:
     ratio = f"time ratio {1 - gain:.2f}, 95% CI {1 - iv[1]:.2f}-{1 - iv[0]:.2f}"
     if I.excludes(iv, 0.0):
         return f"{name} {what} {_signed_pct(gain)} than {other} ({ratio})"
-    return f"{name} and {other}: {I.INDISTINCT} ({ratio})"
+    return f"{name} and {other}: {I.no_ranking(iv, 0.0)} ({ratio})"
 
 
 def _signed_pct(gain: float) -> str:

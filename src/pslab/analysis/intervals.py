@@ -12,8 +12,19 @@ the intervals separate.
   repetitions on (with 2 the spread is one difference: no interval, no ranking).
 
 `separated(a, b)` says whether two intervals do not overlap; `excludes(iv, x)` whether an
-interval lies wholly on one side of x (a ratio's 1.0). `order(items)` returns the
-ranking, or None when some neighbours' intervals overlap.
+interval lies wholly on one side of x (a ratio's 1.0, a gain's 0) and at least `MARGIN`
+away from it. `order(items)` returns the ranking, or None when some neighbours' intervals
+overlap. `no_ranking(iv, x)` is what a caption says where `excludes` is False.
+
+Why a margin for the paired ratios and gains: their intervals can be far narrower than
+what the measurement resolves. PS BSP with and without a straggler computes bit-identical
+models (the same final log-loss to the last digit), yet its examples to the target differ
+by 0.7-1.0% (with an interval of 1.004-1.013 over 3 repetitions): examples are read from
+the workers' progress when rank 0's evaluation ran, and a straggler moves that moment.
+A difference of that size is the clock, not the algorithm, and two reproductions ranked
+it in opposite ways (SSP(1) 1.005x "more" in one, 0.996x in the other). So a direction is
+stated only where the interval also clears a band of MARGIN (2%, twice that artefact)
+around "no difference"; a smaller difference is reported as within it.
 """
 from __future__ import annotations
 
@@ -26,6 +37,8 @@ from ..sim import wilson_interval
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 4000
 INDISTINCT = "indistinguishable at this sample size"
+MARGIN = 0.02  # the smallest difference in a paired ratio (vs 1) or gain (vs 0) a caption ranks on
+WITHIN = f"within {MARGIN:.0%} of no difference"
 
 
 def wilson(successes: int, trials: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
@@ -109,9 +122,19 @@ def separated(a, b) -> bool:
     return a[1] < b[0] or b[1] < a[0]
 
 
-def excludes(iv, x: float = 1.0) -> bool:
-    """The interval lies wholly above or below x."""
-    return iv is not None and (iv[0] > x or iv[1] < x)
+def excludes(iv, x: float = 1.0, margin: float = MARGIN) -> bool:
+    """The interval lies wholly above x + margin or below x - margin (a paired ratio's
+    null is 1, a gain's 0; see MARGIN for why differences inside it are not ranked)."""
+    return iv is not None and (iv[0] > x + margin or iv[1] < x - margin)
+
+
+def no_ranking(iv, x: float = 1.0, margin: float = MARGIN) -> str:
+    """Why an interval that `excludes` rejects states no direction: it holds x (too few
+    repetitions to tell), or it lies off x but inside the margin (a difference too small
+    to rank on)."""
+    if iv is not None and (iv[0] > x or iv[1] < x):
+        return WITHIN
+    return INDISTINCT
 
 
 def order(items: list[tuple[str, float, tuple[float, float] | None]], higher_is_better: bool = True):
