@@ -53,7 +53,9 @@ Output (results/goodput/ unless --out; run dirs under runs/goodput/):
     meta.json      the setting, the rate, Young/Daly's C, M and interval per size
     cells.json, cells.md   success rate (Wilson 95%) and ETTR (95%, stratified by faults) per cell
 Rerunning resumes: a (contender, ranks, seed) already in trials.jsonl is not run again
-(--fresh starts over); --preset full adds trials to the small preset's results.
+(--fresh starts over); --preset full adds trials to the small preset's results. Each trial
+records the commit it ran on (cells.json counts them): resuming after a change to what a
+trial measures mixes semantics in a cell, so it says so; --fresh then.
 """
 from __future__ import annotations
 
@@ -74,6 +76,7 @@ from pslab.analysis.io import read_json, read_jsonl, write_json_atomic  # noqa: 
 from pslab.config import ConfigError, load_config  # noqa: E402
 from pslab.launch import Interrupted, launch  # noqa: E402
 from pslab.launcher.progress import Countdown  # noqa: E402
+from sweep import git_commit  # noqa: E402  (experiments/ is on the path: this file's folder)
 
 NAME = "goodput"
 CONTENDERS = ["scratch", "ckpt_restart", "elastic", "ps"]
@@ -461,7 +464,15 @@ def run(p: dict, contenders: list[str], ranks: list[int], trials: int, out: Path
                  "restarts_by": "launcher" if runner.by_launcher else "harness",
                  "intervals": {str(n): v for n, v in intervals.items()}, "auc_tolerance": AUC_TOLERANCE})
     write_json_atomic(out / "meta.json", meta)
-    done = {(t["contender"], t["ranks"], t["seed"]) for t in read_jsonl(out / "trials.jsonl")}
+    recorded = read_jsonl(out / "trials.jsonl")
+    done = {(t["contender"], t["ranks"], t["seed"]) for t in recorded}
+    commit = git_commit()
+    older = sorted({str(t.get("commit")) for t in recorded} - {str(commit)})
+    if older:
+        # Resuming adds trials to cells measured by other code: fine if nothing on the
+        # measured paths changed, else the cells mix semantics. Each trial keeps its commit.
+        print(f"[{NAME}] note: {out} holds trials of other code ({', '.join(older)}; this is {commit}): "
+              "use --fresh if the change touches what a trial measures", flush=True)
     todo = [(c, n, s) for s in range(1, trials + 1) for n in ranks for c in usable if (c, n, s) not in done]
     count = Countdown(len(todo))
     print(f"[{NAME}] {len(todo)} trials to run ({len(done)} already recorded)"
@@ -478,7 +489,7 @@ def run(p: dict, contenders: list[str], ranks: list[int], trials: int, out: Path
             continue
         every = (intervals.get(n) or {}).get("every") or (CALIBRATION_EVERY if c == "ps" else None)
         t = time.time()
-        line = runner.trial(c, n, seed, every, ref)
+        line = {**runner.trial(c, n, seed, every, ref), "commit": commit}
         append_line(out / "trials.jsonl", line)
         e = line.get("ettr")
         print(f"[{NAME}] {count.tick()} | {trial_name(c, n, seed):22s} {line['status']:9s} "
@@ -494,8 +505,11 @@ def summarize(out: Path, figure: bool = True) -> list[dict]:
     trials = read_jsonl(out / "trials.jsonl")
     cells = comparisons.goodput_cells(trials)
     caption = captions.goodput(cells)
+    commits: dict[str, int] = {}
+    for t in trials:
+        commits[str(t.get("commit"))] = commits.get(str(t.get("commit")), 0) + 1
     write_json_atomic(out / "cells.json", {"meta": read_json(out / "meta.json"), "cells": list(cells),
-                                           "caption": caption})
+                                           "trials_by_commit": commits, "caption": caption})
     md = out / "cells.md"
     tmp = md.with_name(f".cells.md.{os.getpid()}.tmp")
     tmp.write_text(comparisons.goodput_markdown(cells) + "\n\n" + caption + "\n")

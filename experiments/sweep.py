@@ -105,11 +105,15 @@ def expects_success(arm: Arm) -> bool:
 
 
 def git_commit() -> str | None:
+    """The code's commit, "+dirty" if tracked files outside results/ and runs/ differ from
+    it (an experiment rewrites its own results/ as it goes: that is not a code change)."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                              timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)results", ":(exclude)runs", ":(exclude)notebooks/FIGURES.md",
+                                ":(exclude)README.md"], cwd=ROOT, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
         return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else None
     except (OSError, subprocess.TimeoutExpired):
         return None

@@ -192,7 +192,7 @@ def _fake_launcher(calls):
     return launch
 
 
-def test_harness_records_the_contract_and_resumes(gp, tmp_path):
+def test_harness_records_the_contract_and_resumes(gp, tmp_path, capsys):
     p = dict(gp.PRESETS["small"], ranks=[4], max_restarts=1)
     calls = []
     runner = gp.Runner(p, tmp_path / "out", tmp_path / "runs", launch_fn=_fake_launcher(calls),
@@ -223,6 +223,12 @@ def test_harness_records_the_contract_and_resumes(gp, tmp_path):
     new = calls[before:]
     assert {dict(o.split("=", 1) for o in ov if "=" in o)["faults.seed"] for _, ov, _ in new} == {"3"}
     assert len(read_jsonl(tmp_path / "out" / "trials.jsonl")) == 6
+    # each trial names the code it ran on; resuming over another commit's trials says so
+    assert {t["commit"] for t in read_jsonl(tmp_path / "out" / "trials.jsonl")} == {gp.git_commit()}
+    rows = read_jsonl(tmp_path / "out" / "trials.jsonl")
+    (tmp_path / "out" / "trials.jsonl").write_text("".join(json.dumps({**r, "commit": "0ld"}) + "\n" for r in rows))
+    gp.run(p, ["scratch", "ps"], [4], 3, tmp_path / "out", tmp_path / "runs", None, runner)
+    assert "holds trials of other code (0ld" in capsys.readouterr().out
     meta = json.loads((tmp_path / "out" / "meta.json").read_text())
     assert meta["restarts_by"] == "harness" and meta["setting"]["rate"] == p["rate"]
 
