@@ -5,16 +5,19 @@ results folders, side by side.
     .venv/bin/python experiments/compare_rankings.py results/ other/ --strict   # one-sided counts too
 
 A caption states a direction only where a 95% interval excludes "no difference" (a
-paired ratio or gain by at least intervals.MARGIN; pslab.analysis.intervals); this lists each such claim as +1 / -1 (its direction) or 0
-(indistinguishable), for:
+paired ratio or gain by at least intervals.MARGIN; pslab.analysis.intervals), and
+"within 2% of no difference" only where the interval lies inside that margin; this lists
+each claim as + / - (its direction), = (equivalent) or ? (no claim: an interval across
+the margin's edge, or two contenders' intervals that overlap), for:
 - consistency: each arm's examples and wall time to the target log-loss vs BSP;
 - stragglers: each arm's slowdown against no straggler, its gain against waiting (BSP)
   and backup instances' gain against ASP without them;
 - goodput (results/goodput and make reproduce's results/goodput_small): at each size,
   ETTR and success rate of every pair of contenders.
-Two runs agree on a claim when they give it the same direction; a claim one run ranks and
-the other calls indistinguishable is one-sided; opposite directions contradict. Exit code
-1 on a contradiction (with --strict, also on a one-sided claim), else 0.
+Two runs agree on a claim when they make the same one; a direction in one run against
+"within the margin" in the other, or against the opposite direction, contradicts; a claim
+one run makes and the other cannot tell (?, or overlapping contenders) is one-sided.
+Exit code 1 on a contradiction (with --strict, also on a one-sided claim), else 0.
 """
 from __future__ import annotations
 
@@ -31,22 +34,27 @@ from pslab.analysis import intervals as I  # noqa: E402
 from pslab.analysis.io import load_runs, load_trials  # noqa: E402
 
 
-def direction(iv, null: float) -> int | None:
-    """+1 / -1 where the interval lies above / below `null` (by the captions' margin), 0
-    where it does not, None without an interval."""
+UNDECIDED = "?"  # an interval across the margin's edge: neither a direction nor equivalence
+
+
+def direction(iv, null: float) -> int | str | None:
+    """+1 / -1 where the interval lies above / below `null` by the captions' margin, 0 where
+    it lies inside the margin (equivalent), UNDECIDED where it straddles an edge, None
+    without an interval."""
     if not iv or None in iv:
         return None
-    if not I.excludes(iv, null):
-        return 0
-    return 1 if iv[0] > null else -1
+    if I.excludes(iv, null):
+        return 1 if iv[0] > null else -1
+    return 0 if I.equivalent(iv, null) else UNDECIDED
 
 
-def versus(a, b) -> int | None:
-    """+1 if interval a lies above b, -1 below, 0 if they overlap, None if one is missing."""
+def versus(a, b) -> int | str | None:
+    """+1 if interval a lies above b, -1 below, UNDECIDED if they overlap (no claim), None
+    if one is missing."""
     if not a or not b or None in (*a, *b):
         return None
     if not I.separated(a, b):
-        return 0
+        return UNDECIDED
     return 1 if a[0] > b[1] else -1
 
 
@@ -77,14 +85,18 @@ def claims(results: Path) -> dict[str, int | None]:
 
 
 def compare(a: dict, b: dict) -> dict[str, list[str]]:
+    """same: both runs make the same claim (a direction, equivalence, or none); contradicts:
+    one claims a direction the other reverses or shows to be within the margin; one-sided:
+    one claims, the other cannot tell; in one run only: one run has no interval at all."""
     verdict: dict[str, list[str]] = {"same": [], "one-sided": [], "contradicts": [], "in one run only": []}
     for k in sorted(set(a) | set(b)):
         x, y = a.get(k), b.get(k)
+        ranked = {x, y} & {1, -1}
         if x is None or y is None:
             verdict["in one run only" if (x is None) != (y is None) else "same"].append(k)
         elif x == y:
             verdict["same"].append(k)
-        elif x * y < 0:
+        elif ranked == {1, -1} or (ranked and 0 in (x, y)):
             verdict["contradicts"].append(k)
         else:
             verdict["one-sided"].append(k)
@@ -102,12 +114,14 @@ def main(argv=None) -> int:
             ap.error(f"{d}: no such results folder")
     a, b = claims(args.first), claims(args.second)
     v = compare(a, b)
-    sign = {1: "+", -1: "-", 0: "=", None: "."}
+    sign = {1: "+", -1: "-", 0: "=", UNDECIDED: "?", None: "."}
     for kind in ("contradicts", "one-sided", "in one run only"):
         for k in v[kind]:
             print(f"{kind:>16}  {sign[a.get(k)]} {sign[b.get(k)]}  {k}")
-    ranked = sum(1 for k in v["same"] if a.get(k))
-    print(f"{len(v['same'])} claims the same ({ranked} of them a ranking, the rest {I.INDISTINCT} in both), "
+    ranked = sum(1 for k in v["same"] if a.get(k) in (1, -1))
+    within = sum(1 for k in v["same"] if a.get(k) == 0)
+    print(f"{len(v['same'])} claims the same ({ranked} of them a ranking, {within} within the margin in both, "
+          f"the rest no claim in both), "
           f"{len(v['one-sided'])} ranked in one run only, {len(v['contradicts'])} contradictory, "
           f"{len(v['in one run only'])} measured in one run only")
     bad = v["contradicts"] + (v["one-sided"] if args.strict else [])

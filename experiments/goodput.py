@@ -3,7 +3,7 @@ classic allreduce resubmitted from scratch, classic allreduce with checkpoint-re
 (Young/Daly interval), elastic (ULFM) allreduce and the parameter server (R=2), at 4, 8
 and 16 ranks (BRIEF section 7; issue 14).
 
-    .venv/bin/python experiments/goodput.py --preset small     # make reproduce: ~15 min on 2 cores
+    .venv/bin/python experiments/goodput.py --preset small     # make reproduce: ~13 min on 2 cores
     .venv/bin/python experiments/goodput.py --preset full      # 20 trials a cell, resumable (~1 h+)
     .venv/bin/python experiments/goodput.py --preset large     # bigger machines: up to 32 ranks
     .venv/bin/python experiments/goodput.py --preset small --contenders scratch elastic --ranks 4 --trials 2
@@ -90,7 +90,7 @@ SMALL = dict(ranks=[4, 8, 16], batch=240, data=["data=criteo_sample", "model=lr"
              rate=0.015, actions={"kill": 0.7, "hang": 0.3}, max_restarts=3, step_timeout_s=10,
              heartbeat_timeout_s=10, deadline_factor=2.5, deadline_min_s=60.0)
 PRESETS = {
-    "small": dict(SMALL, trials=6, budget_s=900),  # references included; make reproduce's 45 min
+    "small": dict(SMALL, trials=6, budget_s=780),  # references included; make reproduce: 41-42 min of 45 on 2 cores with 900
     "full": dict(SMALL, trials=20, budget_s=None),
     "large": dict(SMALL, ranks=[4, 8, 16, 32], trials=20, budget_s=None, batch=3840,
                   data=["data=synthetic", "data.rows=400000", "data.test_rows=50000", "model=lr", "train.epochs=1"],

@@ -13,11 +13,14 @@ spec.loader.exec_module(cr)
 
 def test_directions_and_verdicts():
     assert cr.direction((1.1, 1.3), 1.0) == 1 and cr.direction((0.7, 0.9), 1.0) == -1
-    assert cr.direction((0.9, 1.1), 1.0) == 0 and cr.direction(None, 1.0) is None
-    assert cr.direction((1.004, 1.013), 1.0) == 0  # off 1, but inside the captions' margin
-    assert cr.versus((0.8, 0.9), (0.5, 0.7)) == 1 and cr.versus((0.5, 0.7), (0.6, 0.9)) == 0
-    v = cr.compare({"a": 1, "b": 0, "c": -1, "d": 1}, {"a": 1, "b": 1, "c": 1, "e": 0})
-    assert v == {"same": ["a"], "one-sided": ["b"], "contradicts": ["c"], "in one run only": ["d", "e"]}
+    assert cr.direction((0.9, 1.1), 1.0) == "?" and cr.direction(None, 1.0) is None
+    assert cr.direction((1.004, 1.013), 1.0) == 0  # off 1, but inside the captions' margin: equivalent
+    assert cr.direction((0.971, 0.983), 1.0) == "?"  # across the margin's edge: no claim
+    assert cr.direction((-0.05, -0.01), 0.0) == "?" and cr.direction((-0.015, 0.01), 0.0) == 0
+    assert cr.versus((0.8, 0.9), (0.5, 0.7)) == 1 and cr.versus((0.5, 0.7), (0.6, 0.9)) == "?"
+    v = cr.compare({"a": 1, "b": "?", "c": -1, "d": 1, "f": 1, "g": 0},
+                   {"a": 1, "b": 1, "c": 1, "e": 0, "f": 0, "g": "?"})
+    assert v == {"same": ["a"], "one-sided": ["b", "g"], "contradicts": ["c", "f"], "in one run only": ["d", "e"]}
 
 
 def trial(contender, seed, ettr, status="succeeded"):

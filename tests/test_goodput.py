@@ -135,8 +135,10 @@ def test_straggler_and_consistency_wording_follows_the_interval():
     row = {"arm": "ssp1", "examples_vs_bsp": 1.005, "examples_vs_bsp_ci": (1.002, 1.007)}
     said = captions._vs(row, "examples_vs_bsp")
     assert "within 2% of no difference" in said and "more" not in said
-    said = captions._gain("SSP", "BSP", "reached the target", -0.07, (-0.122, -0.019))
+    said = captions._gain("SSP", "BSP", "reached the target", -0.01, (-0.018, -0.004))
     assert "within 2% of no difference" in said and "later" not in said
+    said = captions._gain("SSP", "BSP", "reached the target", -0.07, (-0.122, -0.019))  # across the edge
+    assert "too close to rank" in said and "later" not in said
 
 
 def test_a_direction_needs_the_interval_to_clear_the_margin():
@@ -148,6 +150,9 @@ def test_a_direction_needs_the_interval_to_clear_the_margin():
     assert not intervals.excludes((-0.12, -0.019), 0.0) and intervals.excludes((-0.12, -0.021), 0.0)
     assert intervals.excludes((1.004, 1.013), margin=0.0) and not intervals.excludes(None)
     assert intervals.no_ranking((1.004, 1.013)) == intervals.WITHIN
+    assert intervals.equivalent((0.99, 1.01)) and not intervals.equivalent((0.971, 0.983))
+    # across the margin's edge: neither a direction nor shown to be within it
+    assert intervals.no_ranking((0.971, 0.983)) == intervals.EDGE
     assert intervals.no_ranking((0.95, 1.05)) == intervals.no_ranking(None) == intervals.INDISTINCT
 
 

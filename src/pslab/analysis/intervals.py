@@ -24,7 +24,11 @@ the workers' progress when rank 0's evaluation ran, and a straggler moves that m
 A difference of that size is the clock, not the algorithm, and two reproductions ranked
 it in opposite ways (SSP(1) 1.005x "more" in one, 0.996x in the other). So a direction is
 stated only where the interval also clears a band of MARGIN (2%, twice that artefact)
-around "no difference"; a smaller difference is reported as within it.
+around "no difference"; an interval wholly inside the band is reported as "within 2% of no
+difference" (`equivalent`), a claim too; one across the band's edge as indistinguishable.
+A claim is one of: a direction, equivalent, or none (experiments/compare_rankings.py
+counts a direction in one reproduction against equivalence in another as a contradiction,
+against none as ranked in one run only).
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ BOOTSTRAP_RESAMPLES = 4000
 INDISTINCT = "indistinguishable at this sample size"
 MARGIN = 0.02  # the smallest difference in a paired ratio (vs 1) or gain (vs 0) a caption ranks on
 WITHIN = f"within {MARGIN:.0%} of no difference"
+EDGE = f"across the {MARGIN:.0%} margin's edge: too close to rank"
 
 
 def wilson(successes: int, trials: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
@@ -128,13 +133,20 @@ def excludes(iv, x: float = 1.0, margin: float = MARGIN) -> bool:
     return iv is not None and (iv[0] > x + margin or iv[1] < x - margin)
 
 
+def equivalent(iv, x: float = 1.0, margin: float = MARGIN) -> bool:
+    """The interval lies wholly inside the margin around x: "no difference worth ranking"
+    is itself shown (two one-sided tests), not just "no difference shown"."""
+    return iv is not None and x - margin <= iv[0] and iv[1] <= x + margin
+
+
 def no_ranking(iv, x: float = 1.0, margin: float = MARGIN) -> str:
-    """Why an interval that `excludes` rejects states no direction: it holds x (too few
-    repetitions to tell), or it lies off x but inside the margin (a difference too small
-    to rank on)."""
-    if iv is not None and (iv[0] > x or iv[1] < x):
+    """What a caption says where `excludes` is False: WITHIN where the interval lies
+    inside the margin (equivalence shown), EDGE where it lies off x but across the
+    margin's edge, else INDISTINCT (it holds x and reaches past the margin). Neither of
+    the last two is a claim: more repetitions could still rank it."""
+    if equivalent(iv, x, margin):
         return WITHIN
-    return INDISTINCT
+    return EDGE if excludes(iv, x, 0.0) else INDISTINCT
 
 
 def order(items: list[tuple[str, float, tuple[float, float] | None]], higher_is_better: bool = True):
