@@ -58,8 +58,8 @@ def versus(a, b) -> int | str | None:
     return 1 if a[0] > b[1] else -1
 
 
-def claims(results: Path) -> dict[str, int | None]:
-    out: dict[str, int | None] = {}
+def claims(results: Path) -> dict[str, int | str | None]:
+    out: dict[str, int | str | None] = {}
     if (results / "consistency").exists():
         for r in C.consistency_rows(load_runs(results / "consistency")):
             if r["arm"] != "bsp":

@@ -22,8 +22,7 @@ from sweep import Arm
 NAME = "consistency"
 # 6 paired repetitions an arm: at 3, a t interval is 4.3 standard errors wide each side and
 # two make reproduce runs ranked 7 claims differently (one ranked, the other could not);
-# at 6 it is 2.6 on sqrt(2) smaller errors, ~2.4x narrower; in make reproduce this took
-# 6.5-7 min (consistency) and 14 min (stragglers) on 2 cores.
+# at 6 it is 2.6 on sqrt(2) smaller errors, ~2.4x narrower; 6.5-7 min in make reproduce on 2 cores.
 PRESETS = {
     "small": dict(workers=3, staleness=[1, 2, 4, 8], reps=6, extra=[], factor=3),
     "large": dict(workers=8, staleness=[1, 2, 4, 8, 16], reps=6,

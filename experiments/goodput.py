@@ -67,6 +67,7 @@ import os
 import shutil
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +91,8 @@ SMALL = dict(ranks=[4, 8, 16], batch=240, data=["data=criteo_sample", "model=lr"
              rate=0.015, actions={"kill": 0.7, "hang": 0.3}, max_restarts=3, step_timeout_s=10,
              heartbeat_timeout_s=10, deadline_factor=2.5, deadline_min_s=60.0)
 PRESETS = {
-    "small": dict(SMALL, trials=6, budget_s=780),  # references included; make reproduce: 41-42 min of 45 on 2 cores with 900
+    # references included; make reproduce took 41-42 min of its 45 on 2 cores with 900 s here
+    "small": dict(SMALL, trials=6, budget_s=780),
     "full": dict(SMALL, trials=20, budget_s=None),
     "large": dict(SMALL, ranks=[4, 8, 16, 32], trials=20, budget_s=None, batch=3840,
                   data=["data=synthetic", "data.rows=400000", "data.test_rows=50000", "model=lr", "train.epochs=1"],
@@ -505,11 +507,9 @@ def summarize(out: Path, figure: bool = True) -> list[dict]:
     trials = read_jsonl(out / "trials.jsonl")
     cells = comparisons.goodput_cells(trials)
     caption = captions.goodput(cells)
-    commits: dict[str, int] = {}
-    for t in trials:
-        commits[str(t.get("commit"))] = commits.get(str(t.get("commit")), 0) + 1
+    commits = Counter(str(t.get("commit")) for t in trials)
     write_json_atomic(out / "cells.json", {"meta": read_json(out / "meta.json"), "cells": list(cells),
-                                           "trials_by_commit": commits, "caption": caption})
+                                           "trials_by_commit": dict(commits), "caption": caption})
     md = out / "cells.md"
     tmp = md.with_name(f".cells.md.{os.getpid()}.tmp")
     tmp.write_text(comparisons.goodput_markdown(cells) + "\n\n" + caption + "\n")

@@ -31,10 +31,7 @@ NAME = "stragglers"
 # The PS backup-instance switch, as the PS/fault engineers may name it: the first that
 # exists in conf/backend/ps.yaml is used.
 BACKUP_OPTIONS = ["backend.backup_workers", "backend.backup_instances", "backend.backup"]
-# 6 paired repetitions an arm: at 3, a t interval is 4.3 standard errors wide each side and
-# two make reproduce runs ranked 7 claims differently (one ranked, the other could not);
-# at 6 it is 2.6 on sqrt(2) smaller errors, ~2.4x narrower; in make reproduce this took
-# 6.5-7 min (consistency) and 14 min (stragglers) on 2 cores.
+# 6 paired repetitions an arm, as in consistency.py (why there); 14 min in make reproduce on 2 cores.
 PRESETS = {
     "small": dict(workers=3, factors=[3, 10], reps=6, extra=[]),
     "large": dict(workers=8, factors=[2, 3, 5, 10], reps=6,

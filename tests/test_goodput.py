@@ -229,8 +229,8 @@ def test_harness_records_the_contract_and_resumes(gp, tmp_path, capsys):
     assert {dict(o.split("=", 1) for o in ov if "=" in o)["faults.seed"] for _, ov, _ in new} == {"3"}
     assert len(read_jsonl(tmp_path / "out" / "trials.jsonl")) == 6
     # each trial names the code it ran on; resuming over another commit's trials says so
-    assert {t["commit"] for t in read_jsonl(tmp_path / "out" / "trials.jsonl")} == {gp.git_commit()}
     rows = read_jsonl(tmp_path / "out" / "trials.jsonl")
+    assert {t["commit"] for t in rows} == {gp.git_commit()}
     (tmp_path / "out" / "trials.jsonl").write_text("".join(json.dumps({**r, "commit": "0ld"}) + "\n" for r in rows))
     gp.run(p, ["scratch", "ps"], [4], 3, tmp_path / "out", tmp_path / "runs", None, runner)
     assert "holds trials of other code (0ld" in capsys.readouterr().out

@@ -26,7 +26,8 @@ def _range(vals) -> str:
 def consistency(runs) -> str:
     """Each SSP/ASP arm against BSP (paired by repetition, 95% t intervals on the log
     ratios): "fewer examples" or "sooner" only where the interval clears 1 by the margin
-    (intervals.MARGIN), else indistinguishable or within the margin; no "best" staleness unless its interval separates from the others'."""
+    (intervals.MARGIN), else intervals.no_ranking's words; no "best" staleness unless its
+    interval separates from the others'."""
     rows = {r["arm"]: r for r in C.consistency_rows(runs)}
     if "bsp" not in rows:
         return "No BSP run with a straggler in results/consistency yet."

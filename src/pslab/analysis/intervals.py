@@ -25,7 +25,7 @@ A difference of that size is the clock, not the algorithm, and two reproductions
 it in opposite ways (SSP(1) 1.005x "more" in one, 0.996x in the other). So a direction is
 stated only where the interval also clears a band of MARGIN (2%, twice that artefact)
 around "no difference"; an interval wholly inside the band is reported as "within 2% of no
-difference" (`equivalent`), a claim too; one across the band's edge as indistinguishable.
+difference" (`equivalent`), a claim too; one across the band's edge as too close to rank.
 A claim is one of: a direction, equivalent, or none (experiments/compare_rankings.py
 counts a direction in one reproduction against equivalence in another as a contradiction,
 against none as ranked in one run only).
